@@ -88,6 +88,28 @@ def _like_input(result: torch.Tensor, reference: Array) -> Array:
     return result.cpu().numpy() if isinstance(reference, np.ndarray) else result
 
 
+def longest_first(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, window: int = 4096
+) -> list[int]:
+    """Indices of ``texts`` sorted by truncated token count, longest first (stable for ties).
+
+    Batching in this order keeps padding small (character counts are a poor proxy for code and
+    numbers). Texts are tokenized in windows so that only the counts, never all token ids, are held.
+    """
+    lengths: list[int] = []
+    for start in range(0, len(texts), window):
+        encoded = tokenizer(
+            list(texts[start : start + window]),
+            truncation=True,
+            max_length=max_length,
+            return_length=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        lengths.extend(encoded["length"])
+    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+
+
 def similarity(query_embeddings: Array, corpus_embeddings: Array) -> Array:
     """Query-by-corpus matrix of dot products, shape ``(n_queries, n_corpus)``.
 
@@ -359,7 +381,14 @@ class AirRepModel(BertPreTrainedModel):
             **{**encoder_settings, "projection_dim": projection_dim, "base_model": base_name, **config_kwargs}
         )
         model = cls(config)
-        encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
+        # AirRep has no pooler, so the checkpoint's pooler weights are dropped on purpose; keep the
+        # load report that would list them as "unexpected" out of the user's way.
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            encoder = BertModel.from_pretrained(path, add_pooling_layer=False)
+        finally:
+            logging.set_verbosity(verbosity)
         model.bert.load_state_dict(encoder.state_dict())
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model.eval()
@@ -490,8 +519,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
     ) -> Array:
         """Embed strings or records of any schema that [`format_text`] knows.
 
-        Texts are sorted by length (longest first) so each batch pads little, then returned in input
-        order. Inputs longer than ``config.max_seq_length`` tokens are truncated.
+        Texts are sorted by token count (longest first) so each batch pads little, and returned in
+        input order. Inputs longer than ``config.max_seq_length`` tokens are truncated.
 
         Args:
             inputs: One string or record, or an iterable of them.
@@ -509,7 +538,7 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         single = isinstance(inputs, (str, Mapping))
         items = [inputs] if single else list(inputs)
         texts = [self.config.format_text(item, index=i) for i, item in enumerate(items)]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        order = longest_first(self.tokenizer, texts, self.config.max_seq_length)
         result = torch.empty(len(texts), self.config.projection_dim, dtype=torch.float32)
         starts = range(0, len(texts), batch_size)
         if show_progress_bar is None:
@@ -539,6 +568,10 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
     def similarity(self, query_embeddings: Array, corpus_embeddings: Array) -> Array:
         """Query-by-corpus dot products; see [`similarity`]."""
         return similarity(query_embeddings, corpus_embeddings)
+
+    def top_k(self, query_embeddings: Array, corpus_embeddings: Array, k: int = 10) -> tuple[Array, Array]:
+        """Exact top-``k`` corpus rows per query, ``(scores, indices)``; see [`top_k`]."""
+        return top_k(query_embeddings, corpus_embeddings, k)
 
     def group_influence(
         self,
