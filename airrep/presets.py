@@ -1,0 +1,107 @@
+"""Presets: named sizes for every script (DESIGN.md section 3). A preset is data; flags override it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from airrep.target_lm import TargetLMSpec
+
+
+@dataclass(frozen=True)
+class LabelPreset:
+    """Corpus, target LM and subset-training sizes for ``generate_labels.py``."""
+
+    pretrain_size: int
+    pool_size: int
+    test_size: int
+    target_lm: TargetLMSpec
+    # mode train: cross-validation splits of the pool
+    n_splits: int
+    queries_per_split: int
+    subsets_per_split: int
+    train_subset_size: int
+    # mode lds: random halves of the pool scored on held-out test queries
+    lds_subsets: int
+    lds_queries: int
+    # SFT of each subset model
+    epochs: int = 1
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    models_per_batch: int = 4
+    noise_ceiling: int = 0
+    seed: int = 0
+    corpus_seed: int = 1234
+
+
+LABEL_PRESETS: dict[str, LabelPreset] = {
+    "smoke": LabelPreset(
+        pretrain_size=400,
+        pool_size=64,
+        test_size=24,
+        target_lm=TargetLMSpec(vocab_size=512, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128,
+                               max_length=64, warmup_epochs=1, warmup_batch_size=32),
+        n_splits=2,
+        queries_per_split=8,
+        subsets_per_split=4,
+        train_subset_size=16,
+        lds_subsets=8,
+        lds_queries=16,
+        batch_size=8,
+        noise_ceiling=4,
+    ),
+    "demo": LabelPreset(
+        pretrain_size=3000,
+        pool_size=1000,
+        test_size=200,
+        target_lm=TargetLMSpec(),
+        n_splits=8,
+        queries_per_split=32,
+        subsets_per_split=32,
+        train_subset_size=250,
+        lds_subsets=48,
+        lds_queries=100,
+        noise_ceiling=24,
+    ),
+    "bench": LabelPreset(
+        pretrain_size=10000,
+        pool_size=4000,
+        test_size=500,
+        target_lm=TargetLMSpec(hidden_size=256, num_layers=4, intermediate_size=1024, warmup_epochs=3),
+        n_splits=16,
+        queries_per_split=64,
+        subsets_per_split=64,
+        train_subset_size=500,
+        lds_subsets=128,
+        lds_queries=300,
+        noise_ceiling=64,
+    ),
+    # The paper's sizes (Qwen2.5-0.5B target, 10k subsets of 1k); meant for a GPU cluster with
+    # --target_lm Qwen/Qwen2.5-0.5B.
+    "paper": LabelPreset(
+        pretrain_size=0,
+        pool_size=100000,
+        test_size=1000,
+        target_lm=TargetLMSpec(),
+        n_splits=100,
+        queries_per_split=100,
+        subsets_per_split=100,
+        train_subset_size=1000,
+        lds_subsets=100,
+        lds_queries=1000,
+        learning_rate=2e-5,
+        batch_size=8,
+        models_per_batch=1,
+        noise_ceiling=100,
+    ),
+}  # fmt: skip
+
+
+def resolve(preset: LabelPreset, overrides: dict[str, Any]) -> LabelPreset:
+    """``preset`` with every non-None override applied; unknown names are an error."""
+    names = {f.name for f in fields(preset)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown preset field(s) {unknown}")
+    return replace(preset, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,242 @@
+"""The target LM: the causal LM whose training data is attributed, and how examples become SFT tensors.
+
+By default it is a small Llama with a BPE tokenizer trained on the built-in corpus, warm-started on
+the corpus's ``pretrain`` split. Any HF causal LM folder or Hub id can stand in for it; its own chat
+template is used where it has one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from configuration_airrep import split_record
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+SPECIAL_TOKENS = {"pad": "<|pad|>", "eos": "<|eos|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+# One user turn and one assistant turn; the generation prompt ends with the assistant tag so that the
+# prompt/response boundary is a special token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}<|eos|>"
+    "{% else %}<|user|>{{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass
+class TargetLMSpec:
+    """Architecture and warm-start recipe of the built-in target LM."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_length: int = 96
+    warmup_epochs: int = 2
+    warmup_lr: float = 2e-3
+    warmup_batch_size: int = 32
+    seed: int = 0
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``, with pad/eos/chat special tokens and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=SPECIAL_TOKENS["pad"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        additional_special_tokens=[SPECIAL_TOKENS["user"], SPECIAL_TOKENS["assistant"]],
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on prompt tokens
+
+
+def sft_example(
+    tokenizer: PreTrainedTokenizerBase, record: str | Mapping[str, Any], max_length: int, index: int | None = None
+) -> SFTExample:
+    """Tokenize a record for SFT with the loss on response tokens only.
+
+    The prompt and the response are tokenized separately and concatenated, so the boundary never
+    moves between training and evaluation. A record with no prompt (plain text) is trained on all its
+    tokens. Long examples lose prompt tokens from the left first, then response tokens from the right.
+
+    Raises:
+        RecordFormatError: the record has no usable response (named by ``index``).
+    """
+    prompt, response = split_record(record, index)
+    eos = tokenizer.eos_token or ""
+    if tokenizer.chat_template and prompt is not None:
+        user = [{"role": "user", "content": prompt}]
+        prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+        full_text = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": response}], tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError("the tokenizer's chat template does not render the prompt as a prefix of the dialogue")
+        response_text = full_text[len(prompt_text) :]
+    else:
+        prompt_text = "" if prompt is None else prompt + "\n"
+        response_text = response + eos
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
+    response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    response_ids = response_ids[:max_length]
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(response_ids))) :]
+    return SFTExample(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + list(response_ids))
+
+
+def collate(
+    examples: Sequence[SFTExample], pad_id: int, length: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to ``length`` (default: the longest). Returns ``(input_ids, labels)``.
+
+    Right padding needs no attention mask in a causal LM: real tokens never attend to later pads,
+    and pads carry IGNORE_INDEX labels.
+    """
+    length = length or max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+        labels[row, : len(example.labels)] = torch.tensor(example.labels)
+    return ids, labels
+
+
+def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed next-token cross-entropy over labelled tokens, and the count of those tokens."""
+    shifted_logits = logits[..., :-1, :].float()
+    shifted_labels = labels[..., 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shifted_labels.shape)
+    counts = (shifted_labels != IGNORE_INDEX).sum(-1)
+    return token_losses.sum(-1), counts
+
+
+def build_target_lm(
+    folder: str | Path, pretrain_records: Sequence[Mapping[str, Any]], all_texts: Sequence[str], spec: TargetLMSpec
+) -> Path:
+    """Train the tokenizer, warm-start a small Llama on ``pretrain_records`` and save both to ``folder``.
+
+    Reused as is when ``folder`` already holds a model built with the same spec.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    spec_file = folder / "target_lm_spec.json"
+    if spec_file.exists():
+        saved = json.loads(spec_file.read_text())
+        if saved != asdict(spec):
+            raise ValueError(
+                f"{folder} holds a target LM built with other settings ({saved}); "
+                f"remove it or choose another folder for {asdict(spec)}"
+            )
+        logger.info("Reusing the target LM in %s", folder)
+        return folder
+
+    torch.manual_seed(spec.seed)
+    tokenizer = train_tokenizer(all_texts, spec.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_length,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    examples = [sft_example(tokenizer, r, spec.max_length, i) for i, r in enumerate(pretrain_records)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup_lr, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(examples) / spec.warmup_batch_size)
+    total = steps_per_epoch * spec.warmup_epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(total, 1))
+    rng = random.Random(spec.seed)
+    model.train()
+    for epoch in range(spec.warmup_epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        running = 0.0
+        for start in range(0, len(order), spec.warmup_batch_size):
+            ids, labels = collate(
+                [examples[i] for i in order[start : start + spec.warmup_batch_size]], config.pad_token_id
+            )
+            summed, counts = response_losses(model(input_ids=ids).logits, labels)
+            loss = summed.sum() / counts.sum().clamp(min=1)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.item()
+        logger.info("target LM warm-start epoch %d: mean loss %.3f", epoch + 1, running / steps_per_epoch)
+    model.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    n_params = sum(p.numel() for p in model.parameters())
+    (folder / "README.md").write_text(
+        f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- llama
+- data-attribution
+---
+
+# AirRep-Hub target LM
+
+A small Llama causal LM ({n_params:,} parameters) whose training data AirRep attributes, with a
+byte-level BPE tokenizer of {len(tokenizer)} tokens trained on the built-in corpus. It was warm-started
+on {len(examples)} `pretrain` records for {spec.warmup_epochs} epochs (AdamW, lr {spec.warmup_lr},
+batch {spec.warmup_batch_size}, response-only loss, chat template `<|user|>prompt\\n<|assistant|>response<|eos|>`).
+
+Spec: `{json.dumps(asdict(spec))}`
+"""
+    )
+    spec_file.write_text(json.dumps(asdict(spec), indent=2))
+    return folder
+
+
+def load_target_lm(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Load any HF causal LM and its tokenizer (folder or Hub id), in float32 eval mode."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    return model.eval(), tokenizer

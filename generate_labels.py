@@ -1,0 +1,512 @@
+"""Generate subset-loss labels: fine-tune the target LM on many random training subsets and record
+each query's response loss. The result is a Hub dataset folder with configs ``pool``, ``queries`` and
+``labels`` (DESIGN.md section 4), read with ``load_dataset(folder, "labels")``.
+
+    python generate_labels.py --preset smoke --mode train --output_dir out/smoke/labels-train
+    python generate_labels.py --preset smoke --mode lds   --output_dir out/smoke/labels-lds
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 generate_labels.py --preset demo --mode lds --output_dir ...
+
+By default the built-in corpus and target LM are built next to ``output_dir`` (in ``../corpus`` and
+``../target-lm``) and reused by later runs. Each subset's losses are written atomically as soon as
+they are known, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate import PartialState
+from datasets import Dataset, load_dataset
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from airrep.corpus import write_corpus
+from airrep.lds import noise_ceiling
+from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
+from airrep.subset_training import SFTSettings, train_and_score
+from airrep.target_lm import build_target_lm, load_target_lm, sft_example
+from configuration_airrep import RecordFormatError, format_text
+
+logger = logging.getLogger("generate_labels")
+MODES = ("train", "lds")
+NOISE_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class LabelArguments:
+    output_dir: str = field(metadata={"help": "The labels dataset folder to write (and resume)."})
+    preset: str = field(default="smoke", metadata={"help": f"Sizes to start from: {', '.join(LABEL_PRESETS)}."})
+    mode: str = field(
+        default="train",
+        metadata={"help": "train: cross-validation splits of the pool (labels to train AirRep); "
+                          "lds: random halves of the pool scored on held-out test queries (evaluation)."},
+    )  # fmt: skip
+    corpus: str | None = field(
+        default=None,
+        metadata={"help": "Dataset folder or Hub id with 'train' (pool) and 'test' splits. "
+                          "Default: the built-in corpus, built in <output_dir>/../corpus."},
+    )  # fmt: skip
+    target_lm: str | None = field(
+        default=None,
+        metadata={"help": "Causal LM folder or Hub id to attribute. "
+                          "Default: the built-in small Llama, built in <output_dir>/../target-lm."},
+    )  # fmt: skip
+    pool_size: int | None = field(default=None, metadata={"help": "Override: pool (train split) size."})
+    n_splits: int | None = field(default=None, metadata={"help": "Override (train mode): number of splits."})
+    queries_per_split: int | None = field(default=None, metadata={"help": "Override (train mode)."})
+    subsets_per_split: int | None = field(default=None, metadata={"help": "Override (train mode)."})
+    train_subset_size: int | None = field(default=None, metadata={"help": "Override (train mode)."})
+    lds_subsets: int | None = field(default=None, metadata={"help": "Override (lds mode): number of halves."})
+    lds_queries: int | None = field(default=None, metadata={"help": "Override (lds mode): test queries."})
+    epochs: int | None = field(default=None, metadata={"help": "Override: SFT epochs per subset."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Override: SFT AdamW learning rate."})
+    batch_size: int | None = field(default=None, metadata={"help": "Override: SFT batch size."})
+    weight_decay: float | None = field(default=None, metadata={"help": "Override: AdamW weight decay."})
+    models_per_batch: int | None = field(
+        default=None, metadata={"help": "Override: subset models trained at once (vmap); 1 = one at a time."}
+    )
+    noise_ceiling: int | None = field(
+        default=None, metadata={"help": "Override: retrain this many subsets with another seed (0 = none)."}
+    )
+    seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
+
+
+@dataclass
+class Pair:
+    pair_id: str
+    split_id: int
+    subset: np.ndarray  # row indices into pool
+    queries: np.ndarray  # row indices into queries
+    seed: int
+    noise: bool = False
+
+
+# ----------------------------------------------------------------------------- corpus, target LM, plan
+
+
+def load_corpus(args: LabelArguments, preset: LabelPreset, work_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+    """The pool (``train``), ``test`` and optional ``pretrain`` records, and a description for the card."""
+    if args.corpus is None:
+        if preset.pool_size < 1:
+            raise ValueError(f"the pool is empty: --pool_size is {preset.pool_size}, it must be at least 1")
+        folder = work_dir / "corpus"
+        sizes = {"pretrain": preset.pretrain_size, "train": preset.pool_size, "test": preset.test_size}
+        summary_file = folder / "corpus.json"
+        if summary_file.exists():
+            summary = json.loads(summary_file.read_text())
+            if summary["sizes"] != sizes or summary["seed"] != preset.corpus_seed:
+                raise ValueError(
+                    f"{folder} holds a corpus with sizes {summary['sizes']} and seed {summary['seed']}, not "
+                    f"{sizes} and {preset.corpus_seed}; pass --corpus or use another output folder"
+                )
+        else:
+            summary = write_corpus(folder, sizes, preset.corpus_seed)
+        source = str(folder)
+    else:
+        source, summary = args.corpus, {"name": args.corpus}
+    data = load_dataset(source)
+    missing = {"train", "test"} - set(data)
+    if missing:
+        raise ValueError(f"corpus {source} lacks the split(s) {sorted(missing)}; it has {sorted(data)}")
+    records = {split: data[split].to_list() for split in data}
+    if not records["train"]:
+        raise ValueError(f"corpus {source}: the pool (split 'train') is empty")
+    summary.setdefault("fingerprint", getattr(data["train"], "_fingerprint", "unknown"))
+    return records, {"source": source, **summary}
+
+
+def make_plan(mode: str, preset: LabelPreset, n_pool: int, n_test: int) -> tuple[list[Pair], np.ndarray]:
+    """All pairs to train, in a fixed order, and the query rows (indices into the pool in train mode,
+    into the test split in lds mode)."""
+    rng = np.random.default_rng(preset.seed)
+    pairs: list[Pair] = []
+    if mode == "train":
+        n_dev = preset.n_splits * preset.queries_per_split
+        if n_dev >= n_pool:
+            raise ValueError(
+                f"{preset.n_splits} splits x {preset.queries_per_split} dev queries = {n_dev} examples, "
+                f"but the pool has only {n_pool}"
+            )
+        available = n_pool - preset.queries_per_split
+        if preset.train_subset_size > available:
+            raise ValueError(
+                f"subset size {preset.train_subset_size} exceeds the {available} pool examples left "
+                f"after removing a split's {preset.queries_per_split} dev queries from the pool of {n_pool}"
+            )
+        dev = rng.permutation(n_pool)[:n_dev].reshape(preset.n_splits, preset.queries_per_split)
+        for split in range(preset.n_splits):
+            rest = np.setdiff1d(np.arange(n_pool), dev[split])
+            query_rows = np.arange(split * preset.queries_per_split, (split + 1) * preset.queries_per_split)
+            for j in range(preset.subsets_per_split):
+                subset = np.sort(rng.choice(rest, size=preset.train_subset_size, replace=False))
+                pairs.append(Pair(f"train-{split:03d}-{j:04d}", split, subset, query_rows, int(rng.integers(2**31))))
+        query_source = dev.reshape(-1)
+    else:
+        if preset.lds_queries > n_test:
+            raise ValueError(f"{preset.lds_queries} lds queries asked for, but the test split has only {n_test}")
+        if n_pool < 2:
+            raise ValueError(f"the pool has {n_pool} example(s); random halves need at least 2")
+        query_source = np.sort(rng.permutation(n_test)[: preset.lds_queries])
+        query_rows = np.arange(preset.lds_queries)
+        for j in range(preset.lds_subsets):
+            subset = np.sort(rng.choice(n_pool, size=n_pool // 2, replace=False))
+            pairs.append(Pair(f"lds-{j:04d}", 0, subset, query_rows, int(rng.integers(2**31))))
+    if preset.noise_ceiling > len(pairs):
+        raise ValueError(f"--noise_ceiling {preset.noise_ceiling} exceeds the {len(pairs)} subsets of the plan")
+    pairs += [
+        Pair(f"{p.pair_id}-noise", p.split_id, p.subset, p.queries, p.seed + NOISE_SEED_OFFSET, noise=True)
+        for p in pairs[: preset.noise_ceiling]
+    ]
+    return pairs, query_source
+
+
+def check_disjoint(mode: str, pairs: list[Pair], query_source: np.ndarray, pool: list[dict], test: list[dict]) -> None:
+    """No subset may contain one of the queries it is scored on (by index, and by text in lds mode)."""
+    if mode == "train":
+        for pair in pairs:
+            overlap = np.intersect1d(pair.subset, query_source[pair.queries])
+            if overlap.size:
+                raise ValueError(f"{pair.pair_id}: subset contains its own dev queries (pool rows {overlap[:5]})")
+        return
+    pool_texts = {format_text(r, index=i): i for i, r in enumerate(pool)}
+    for row in query_source:
+        text = format_text(test[row], index=int(row))
+        if text in pool_texts:
+            raise ValueError(
+                f"test record {row} (id {test[row].get('id', '?')}) is identical to pool record "
+                f"{pool_texts[text]}: lds queries must be held out from every training subset"
+            )
+
+
+# ----------------------------------------------------------------------------- resumable output
+
+
+def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict, target: str) -> dict[str, Any]:
+    return {"mode": args.mode, "preset": asdict(preset), "corpus": corpus.get("fingerprint"), "target_lm": target}
+
+
+def claim_output_dir(folder: Path, settings: dict[str, Any]) -> None:
+    """Record the settings in ``folder``, or refuse if it was started with other settings."""
+    file = folder / "generation_settings.json"
+    if file.exists():
+        previous = json.loads(file.read_text())
+        if previous != json.loads(json.dumps(settings)):
+            differences = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise ValueError(
+                f"{folder} was made with other settings (they differ in {differences}); refusing to mix "
+                "the two. Use another --output_dir, or delete the folder to start over."
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(file, json.dumps(settings, indent=2))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shard_path(folder: Path, pair: Pair) -> Path:
+    return folder / "shards" / f"{pair.pair_id}.json"
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def _records_table(records: list[dict], extra: dict[str, list] | None = None) -> Dataset:
+    rows = []
+    for index, record in enumerate(records):
+        row = {"id": str(record.get("id", index)), "text": format_text(record, index=index)}
+        row |= {k: v for k, v in record.items() if k not in row}
+        rows.append(row)
+    table = Dataset.from_list(rows)
+    for name, values in (extra or {}).items():
+        table = table.add_column(name, values)
+    return table
+
+
+def _write_parquet(table: Dataset, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+def assemble(
+    folder: Path,
+    args: LabelArguments,
+    preset: LabelPreset,
+    pairs: list[Pair],
+    pool: list[dict],
+    query_records: list[dict],
+    query_extra: dict[str, list],
+    corpus: dict,
+    target: str,
+    run_seconds: float,
+) -> dict[str, Any]:
+    shards = [json.loads(shard_path(folder, p).read_text()) for p in pairs]
+    labels = [s for s in shards if not s["noise"]]
+    clean = [s for s in labels if all(np.isfinite(x) for x in s["losses"])]
+    diverged = [s for s in labels if s not in clean]
+    columns = ["pair_id", "split_id", "subset", "queries", "losses", "seed"]
+
+    def table(rows: list[dict]) -> Dataset:
+        from datasets import Features, List, Value
+
+        features = Features(
+            {
+                "pair_id": Value("string"),
+                "split_id": Value("int64"),
+                "subset": List(Value("int64")),
+                "queries": List(Value("int64")),
+                "losses": List(Value("float32")),
+                "seed": Value("int64"),
+            }
+        )
+        return Dataset.from_dict({c: [r[c] for r in rows] for c in columns}, features=features)
+
+    _write_parquet(_records_table(pool), folder / "pool.parquet")
+    _write_parquet(_records_table(query_records, query_extra), folder / "queries.parquet")
+    configs = ["pool", "queries"]
+    if clean:  # an empty parquet file cannot be loaded; with no clean labels the config is left out
+        _write_parquet(table(clean), folder / "labels.parquet")
+        configs.append("labels")
+    if diverged:
+        logger.warning("%d subset model(s) diverged (non-finite losses); kept in config 'diverged'", len(diverged))
+        _write_parquet(table(diverged), folder / "diverged.parquet")
+        configs.append("diverged")
+    ceiling = None
+    noise_rows = [s for s in shards if s["noise"]]
+    if noise_rows:
+        _write_parquet(table(noise_rows), folder / "noise.parquet")
+        configs.append("noise")
+        first = {s["pair_id"]: s for s in labels}
+        twins = [(first[s["pair_id"].removesuffix("-noise")], s) for s in noise_rows]
+        ceiling = {"subsets": len(twins)}
+        per_split: list[float] = []
+        for split in sorted({a["split_id"] for a, _ in twins}):
+            in_split = [(a, b) for a, b in twins if a["split_id"] == split]
+            if len(in_split) >= 3:
+                a = np.array([x["losses"] for x, _ in in_split])
+                b = np.array([y["losses"] for _, y in in_split])
+                per_split.append(noise_ceiling(a, b)["r"])
+        r = float(np.mean(per_split)) if per_split else float("nan")
+        ceiling |= {"r": r, "sqrt_r": float(np.sqrt(max(r, 0.0))) if per_split else float("nan")}
+
+    summary = {
+        "mode": args.mode,
+        "preset": args.preset,
+        "pool": len(pool),
+        "queries": len(query_records),
+        "labels": len(clean),
+        "diverged": len(diverged),
+        "noise_ceiling": ceiling,
+        "compute_seconds": float(sum(s["seconds"] for s in shards)),
+        "last_run_wall_seconds": run_seconds,
+        "corpus": corpus,
+        "target_lm": target,
+        "settings": asdict(preset),
+    }
+    write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
+    write_atomic(folder / "README.md", card(summary, configs))
+    return summary
+
+
+def card(summary: dict[str, Any], configs: list[str]) -> str:
+    s = summary["settings"]
+    config_yaml = "\n".join(
+        f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}.parquet" for name in configs
+    )
+    ceiling = summary["noise_ceiling"]
+    ceiling_line = (
+        f"r = {ceiling['r']:.3f}, sqrt(r) = {ceiling['sqrt_r']:.3f} (from {ceiling['subsets']} subsets retrained "
+        f"with another seed; sqrt(r) bounds the LDS of any method)"
+        if ceiling
+        else "not measured (run with --noise_ceiling K)"
+    )
+    if summary["mode"] == "train":
+        design = (
+            f"{s['n_splits']} cross-validation splits of the pool; each holds out {s['queries_per_split']} dev "
+            f"queries and trains {s['subsets_per_split']} subsets of {s['train_subset_size']} drawn from the rest."
+        )
+    else:
+        design = f"{s['lds_subsets']} random halves of the pool, scored on {s['lds_queries']} held-out test queries."
+    return f"""---
+configs:
+{config_yaml}
+tags:
+- data-attribution
+- airrep
+- datamodels
+---
+
+# AirRep subset-loss labels ({summary["mode"]} mode, preset {summary["preset"]})
+
+Each row of `labels` is one copy of the target LM fine-tuned on a subset of `pool`; `losses[i]` is
+the mean token cross-entropy over the response tokens of `queries[queries[i]]` after that fine-tuning.
+
+- Design: {design}
+- Corpus: {summary["corpus"].get("name")} (`{summary["corpus"].get("source")}`), fingerprint
+  `{summary["corpus"].get("fingerprint")}`; pool {summary["pool"]} examples, {summary["queries"]} queries.
+- Target LM: `{summary["target_lm"]}`.
+- SFT: AdamW, learning rate {s["learning_rate"]} with linear decay, batch {s["batch_size"]}, {s["epochs"]} epoch(s),
+  weight decay {s["weight_decay"]}, response-only loss; plan seed {s["seed"]}, corpus seed {s["corpus_seed"]}.
+- Subset models: {summary["labels"]} in `labels`; {summary["diverged"]} diverged (non-finite loss), kept
+  apart in config `diverged` and excluded from `labels`.
+- Noise ceiling: {ceiling_line}.
+- Compute: {summary["compute_seconds"]:.1f} s of subset training in total;
+  last run {summary["last_run_wall_seconds"]:.1f} s wall.
+
+```python
+from datasets import load_dataset
+labels = load_dataset("<this folder or repo id>", "labels", split="train")
+pool = load_dataset("<this folder or repo id>", "pool", split="train")
+```
+"""
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def tokenize_all(tokenizer, records: list[dict], rows: np.ndarray, max_length: int, what: str) -> list:
+    """SFT examples of ``records``; a bad record is named by its row in the split ``what``."""
+    examples = []
+    for row, record in zip(rows, records, strict=True):
+        try:
+            examples.append(sft_example(tokenizer, record, max_length, int(row)))
+        except RecordFormatError as error:
+            raise RecordFormatError(f"{what}: {error}") from None
+    return examples
+
+
+def run(args: LabelArguments) -> dict[str, Any] | None:
+    if args.mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}, got {args.mode!r}")
+    if args.preset not in LABEL_PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(LABEL_PRESETS)}, got {args.preset!r}")
+    overrides = {
+        k: v for k, v in asdict(args).items() if k not in {"output_dir", "preset", "mode", "corpus", "target_lm"}
+    }
+    preset = resolve(LABEL_PRESETS[args.preset], overrides)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    started = time.perf_counter()
+    folder = Path(args.output_dir)
+    work_dir = folder.resolve().parent
+
+    with state.main_process_first():  # the main process builds the shared corpus and target LM
+        records, corpus = load_corpus(args, preset, work_dir)
+        pool, test = records["train"], records["test"]
+        if args.target_lm is None:
+            target_folder = build_target_lm(
+                work_dir / "target-lm",
+                records.get("pretrain", []),
+                [format_text(r) for split in records.values() for r in split],
+                preset.target_lm,
+            )
+            target = str(target_folder)
+        else:
+            target = args.target_lm
+    model, tokenizer = load_target_lm(target)
+    model.to(state.device)
+    if preset.models_per_batch > 1:
+        model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
+
+    pairs, query_source = make_plan(args.mode, preset, len(pool), len(test))
+    query_records = [pool[i] for i in query_source] if args.mode == "train" else [test[i] for i in query_source]
+    max_length = getattr(model.config, "max_position_embeddings", 512)
+    pool_examples = tokenize_all(tokenizer, pool, np.arange(len(pool)), max_length, "pool")
+    query_split = "pool" if args.mode == "train" else "test"
+    query_examples = tokenize_all(tokenizer, query_records, query_source, max_length, query_split)
+    check_disjoint(args.mode, pairs, query_source, pool, test)
+
+    if state.is_main_process:
+        claim_output_dir(folder, settings_fingerprint(args, preset, corpus, target))
+    state.wait_for_everyone()
+    if (folder / "summary.json").exists():
+        logger.info("%s is complete (same settings); nothing to do", folder)
+        return json.loads((folder / "summary.json").read_text()) if state.is_main_process else None
+    (folder / "shards").mkdir(exist_ok=True)
+
+    sft = SFTSettings(preset.epochs, preset.learning_rate, preset.batch_size, preset.weight_decay)
+    # Batches are fixed by the plan, not by the number of processes, so any world size computes the
+    # same models in the same groups.
+    batches = [pairs[i : i + preset.models_per_batch] for i in range(0, len(pairs), preset.models_per_batch)]
+    mine = batches[state.process_index :: state.num_processes]
+    todo = [[p for p in batch if not shard_path(folder, p).exists()] for batch in mine]
+    todo = [batch for batch in todo if batch]
+    done_before = sum(len(b) for b in mine) - sum(len(b) for b in todo)
+    if done_before:
+        logger.info("rank %d: resuming, %d subset model(s) already done", state.process_index, done_before)
+    progress = tqdm(total=sum(len(b) for b in todo), desc=f"subset models (rank {state.process_index})",
+                    disable=not state.is_local_main_process)  # fmt: skip
+    for batch in todo:
+        tic = time.perf_counter()
+        losses = train_and_score(
+            model,
+            pool_examples,
+            query_examples,
+            [p.subset for p in batch],
+            [p.queries for p in batch],
+            [p.seed for p in batch],
+            sft,
+            tokenizer.pad_token_id,
+        )
+        seconds = (time.perf_counter() - tic) / len(batch)
+        for pair, row in zip(batch, losses, strict=True):
+            shard = {
+                "pair_id": pair.pair_id,
+                "split_id": pair.split_id,
+                "subset": pair.subset.tolist(),
+                "queries": pair.queries.tolist(),
+                "losses": [float(x) for x in row],
+                "seed": pair.seed,
+                "noise": pair.noise,
+                "seconds": seconds,
+            }
+            write_atomic(shard_path(folder, pair), json.dumps(shard))
+        progress.update(len(batch))
+    progress.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    query_extra = {"split_id": [int(i // preset.queries_per_split) for i in range(len(query_records))],
+                   "pool_index": [int(i) for i in query_source]} if args.mode == "train" else {}  # fmt: skip
+    summary = assemble(folder, args, preset, pairs, pool, query_records, query_extra, corpus, target,
+                       time.perf_counter() - started)  # fmt: skip
+    shutil.rmtree(folder / "shards")  # everything is in the parquet files now; keep uploads small
+    if not summary["labels"]:
+        raise RuntimeError(
+            f"all {summary['diverged']} subset models diverged (see config 'diverged' in {folder}); "
+            "lower --learning_rate"
+        )
+    ceiling = summary["noise_ceiling"]
+    logger.info(
+        "wrote %s: %d labels, %d diverged%s",
+        folder,
+        summary["labels"],
+        summary["diverged"],
+        f", noise ceiling r={ceiling['r']:.3f} sqrt(r)={ceiling['sqrt_r']:.3f}" if ceiling else "",
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    datasets.disable_progress_bars()  # small parquet writes; the subset-model bar is the one that matters
+    (args,) = HfArgumentParser(LabelArguments).parse_args_into_dataclasses(args=argv)
+    run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,224 @@
+"""generate_labels.py on the smoke preset: the dataset contract, disjointness, resuming after a real
+kill, a 2-process torchrun run, divergence flagging and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, load_dataset
+
+from airrep.corpus import generate_split_records
+from airrep.hub import install_in_offline_cache
+from airrep.subset_training import SFTSettings, train_and_score
+from airrep.target_lm import sft_example, train_tokenizer
+from configuration_airrep import RecordFormatError, format_text
+from generate_labels import LabelArguments, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(folder, config):
+    return load_dataset(str(folder), config, split="train")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """One smoke run of each mode, sharing the corpus and target LM built by the first."""
+    work = tmp_path_factory.mktemp("labels")
+    for mode in ("lds", "train"):
+        run(LabelArguments(output_dir=str(work / f"labels-{mode}"), preset="smoke", mode=mode))
+    return work
+
+
+def test_three_configs_load_and_match_the_contract(work):
+    folder = work / "labels-lds"
+    pool, queries, labels = (load(folder, c) for c in ("pool", "queries", "labels"))
+    assert {"id", "text", "inputs", "targets", "task"} <= set(pool.column_names)
+    assert {"id", "text", "task"} <= set(queries.column_names)
+    assert labels.column_names == ["pair_id", "split_id", "subset", "queries", "losses", "seed"]
+    assert labels.features["subset"].feature.dtype == "int64"
+    assert labels.features["losses"].feature.dtype == "float32"
+    assert labels.num_rows == 8 and len(set(labels["pair_id"])) == 8
+    for row in labels:
+        assert len(row["subset"]) == pool.num_rows // 2 and len(set(row["subset"])) == len(row["subset"])
+        assert min(row["subset"]) >= 0 and max(row["subset"]) < pool.num_rows
+        assert row["queries"] == list(range(queries.num_rows))
+        assert len(row["losses"]) == queries.num_rows and all(np.isfinite(row["losses"]))
+    # Subsets differ, so the losses do too: the labels are not constant.
+    losses = np.array(labels["losses"])
+    assert losses.std(axis=0).min() > 0
+
+
+def test_loads_from_a_hub_snapshot_copy(work, tmp_path):
+    snapshot = install_in_offline_cache(work / "labels-lds", "org/labels", tmp_path, repo_type="dataset")
+    assert load(snapshot, "labels")["losses"] == load(work / "labels-lds", "labels")["losses"]
+
+
+def test_train_mode_subsets_never_hold_their_own_dev_queries(work):
+    folder = work / "labels-train"
+    queries, labels = load(folder, "queries"), load(folder, "labels")
+    pool_index, split_of = np.array(queries["pool_index"]), np.array(queries["split_id"])
+    assert len(set(pool_index)) == len(pool_index)  # dev sets of different splits are disjoint
+    assert sorted(set(labels["split_id"])) == [0, 1]
+    for row in labels:
+        own = pool_index[row["queries"]]
+        assert set(split_of[row["queries"]]) == {row["split_id"]}
+        assert not set(row["subset"]) & set(own.tolist())
+
+
+def test_lds_queries_are_held_out_from_the_pool(work):
+    folder = work / "labels-lds"
+    assert not set(load(folder, "queries")["text"]) & set(load(folder, "pool")["text"])
+    train_pool_rows = set(load(work / "labels-train", "queries")["pool_index"])
+    assert set(load(folder, "pool")["id"]) >= {load(folder, "pool")["id"][i] for i in train_pool_rows}
+
+
+def test_card_records_the_noise_ceiling_and_settings(work):
+    summary = json.loads((work / "labels-lds" / "summary.json").read_text())
+    ceiling = summary["noise_ceiling"]
+    assert ceiling["subsets"] == 4 and -1 <= ceiling["r"] <= 1
+    assert ceiling["sqrt_r"] == pytest.approx(np.sqrt(max(ceiling["r"], 0)))
+    card = (work / "labels-lds" / "README.md").read_text()
+    assert f"r = {ceiling['r']:.3f}, sqrt(r) = {ceiling['sqrt_r']:.3f}" in card
+    assert summary["corpus"]["fingerprint"] in card and "Target LM" in card
+    assert load(work / "labels-lds", "noise").num_rows == 4
+    assert not (work / "labels-lds" / "shards").exists()
+
+
+def test_rerun_of_a_complete_folder_does_nothing(work):
+    labels = work / "labels-lds" / "labels.parquet"
+    before = labels.stat().st_mtime_ns
+    run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds"))
+    assert labels.stat().st_mtime_ns == before
+
+
+def test_other_settings_are_refused(work):
+    with pytest.raises(ValueError, match=r"was made with other settings \(they differ in \['preset'\]\)"):
+        run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds", learning_rate=0.5))
+
+
+def test_diverged_runs_are_flagged_and_excluded(work):
+    folder = work / "labels-diverged"
+    with pytest.raises(RuntimeError, match="all 8 subset models diverged"):
+        run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", learning_rate=1e30))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["diverged"] == 8 and summary["labels"] == 0
+    assert not (folder / "labels.parquet").exists()
+    diverged = load(folder, "diverged")
+    assert diverged.num_rows == 8 and not np.isfinite(np.array(diverged["losses"], dtype=float)).all()
+    assert "8 diverged (non-finite loss)" in (folder / "README.md").read_text()
+
+
+def _spawn(args, work, **env):
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_kill_and_resume_gives_each_pair_exactly_once(work):
+    folder = work / "labels-killed"
+    flags = ["--preset", "smoke", "--mode", "lds", "--lds_subsets", "120", "--models_per_batch", "1"]
+    process = _spawn(["generate_labels.py", *flags, "--output_dir", str(folder)], work)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((folder / "shards").glob("*.json"))) < 5:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list((folder / "shards").glob("*.json")))
+    assert 5 <= finished < 124 and not (folder / "labels.parquet").exists()
+    run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", lds_subsets=120, models_per_batch=1))
+    labels = load(folder, "labels")
+    assert sorted(labels["pair_id"]) == [f"lds-{j:04d}" for j in range(120)]
+    assert load(folder, "noise").num_rows == 4
+
+
+def test_two_process_torchrun_equals_one_process(work):
+    folder = work / "labels-lds-2proc"
+    process = _spawn(
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", "generate_labels.py",
+         "--preset", "smoke", "--mode", "lds", "--output_dir", str(folder)],
+        work,
+        ACCELERATE_USE_CPU="1",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    one, two = load(work / "labels-lds", "labels"), load(folder, "labels")
+    assert one["pair_id"] == two["pair_id"] and one["subset"] == two["subset"]
+    np.testing.assert_allclose(np.array(two["losses"]), np.array(one["losses"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array(load(folder, "noise")["losses"]), np.array(load(work / "labels-lds", "noise")["losses"]), rtol=1e-5
+    )
+
+
+def test_batched_training_equals_one_model_at_a_time():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    records = generate_split_records({"train": 120, "test": 12}, seed=0)
+    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], 400)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("eager")
+    pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
+    queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
+    rng = np.random.default_rng(0)
+    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(3)]
+    query_sets = [np.arange(12), np.arange(12)[::-1], np.arange(12)]
+    settings = SFTSettings(batch_size=8, learning_rate=3e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    together = train_and_score(model, pool, queries, subsets, query_sets, [1, 2, 3], settings, tokenizer.pad_token_id)
+    alone = np.concatenate(
+        [
+            train_and_score(model, pool, queries, [s], [q], [seed], settings, tokenizer.pad_token_id)
+            for s, q, seed in zip(subsets, query_sets, [1, 2, 3], strict=True)
+        ]
+    )
+    np.testing.assert_allclose(together, alone, rtol=1e-5)
+    assert not np.allclose(together[0], together[2])  # different subsets, different models
+    for name, tensor in model.state_dict().items():  # the target LM itself is left untouched
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def _parquet_corpus(folder: Path, pool: list[dict], test: list[dict]) -> str:
+    folder.mkdir(parents=True)
+    for split, rows in {"train": pool, "test": test}.items():
+        Dataset.from_list(rows).to_parquet(str(folder / f"{split}.parquet"))
+    return str(folder)
+
+
+def _records(n, offset=0):
+    return [{"prompt": f"What is {i} plus one?", "response": str(i + 1)} for i in range(offset, offset + n)]
+
+
+def test_bad_input_is_named(work, tmp_path):
+    target = str(work / "target-lm")
+
+    def attempt(pool, test, **overrides):
+        corpus = _parquet_corpus(tmp_path / f"corpus{len(list(tmp_path.iterdir()))}", pool, test)
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        args = dict(preset="smoke", mode="lds", corpus=corpus, target_lm=target, noise_ceiling=0, lds_queries=4)
+        run(LabelArguments(output_dir=str(out), **(args | overrides)))
+
+    with pytest.raises(ValueError, match="the pool is empty: --pool_size is 0"):
+        run(LabelArguments(output_dir=str(tmp_path / "empty" / "labels"), preset="smoke", mode="lds", pool_size=0))
+    with pytest.raises(ValueError, match="subset size 40 exceeds the 16 pool examples left"):
+        attempt(_records(20), _records(4, 100), mode="train", n_splits=1, queries_per_split=4, train_subset_size=40)
+    with pytest.raises(RecordFormatError, match=r"pool: record 3: field 'response' is empty"):
+        attempt([*_records(3), {"prompt": "q", "response": ""}, *_records(4, 10)], _records(4, 100))
+    with pytest.raises(ValueError, match=r"test record 1 \(id \?\) is identical to pool record 5"):
+        attempt(_records(10), [_records(1, 200)[0], _records(10)[5], *_records(2, 300)])
