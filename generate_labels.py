@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from airrep.corpus import write_corpus
+from airrep.hub import configs_yaml, write_parquet
 from airrep.lds import noise_ceiling
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
 from airrep.subset_training import SFTSettings, train_and_score
@@ -237,12 +238,6 @@ def _records_table(records: list[dict], extra: dict[str, list] | None = None) ->
     return table
 
 
-def _write_parquet(table: Dataset, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(str(tmp))
-    os.replace(tmp, path)
-
-
 def assemble(
     folder: Path,
     args: LabelArguments,
@@ -276,21 +271,19 @@ def assemble(
         )
         return Dataset.from_dict({c: [r[c] for r in rows] for c in columns}, features=features)
 
-    _write_parquet(_records_table(pool), folder / "pool.parquet")
-    _write_parquet(_records_table(query_records, query_extra), folder / "queries.parquet")
-    configs = ["pool", "queries"]
+    configs = {
+        "pool": write_parquet(_records_table(pool), folder, "pool"),
+        "queries": write_parquet(_records_table(query_records, query_extra), folder, "queries"),
+    }
     if clean:  # an empty parquet file cannot be loaded; with no clean labels the config is left out
-        _write_parquet(table(clean), folder / "labels.parquet")
-        configs.append("labels")
+        configs["labels"] = write_parquet(table(clean), folder, "labels")
     if diverged:
         logger.warning("%d subset model(s) diverged (non-finite losses); kept in config 'diverged'", len(diverged))
-        _write_parquet(table(diverged), folder / "diverged.parquet")
-        configs.append("diverged")
+        configs["diverged"] = write_parquet(table(diverged), folder, "diverged")
     ceiling = None
     noise_rows = [s for s in shards if s["noise"]]
     if noise_rows:
-        _write_parquet(table(noise_rows), folder / "noise.parquet")
-        configs.append("noise")
+        configs["noise"] = write_parquet(table(noise_rows), folder, "noise")
         first = {s["pair_id"]: s for s in labels}
         twins = [(first[s["pair_id"].removesuffix("-noise")], s) for s in noise_rows]
         ceiling = {"subsets": len(twins)}
@@ -323,11 +316,8 @@ def assemble(
     return summary
 
 
-def card(summary: dict[str, Any], configs: list[str]) -> str:
+def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
     s = summary["settings"]
-    config_yaml = "\n".join(
-        f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {name}.parquet" for name in configs
-    )
     ceiling = summary["noise_ceiling"]
     ceiling_line = (
         f"r = {ceiling['r']:.3f}, sqrt(r) = {ceiling['sqrt_r']:.3f} (from {ceiling['subsets']} subsets retrained "
@@ -343,8 +333,7 @@ def card(summary: dict[str, Any], configs: list[str]) -> str:
     else:
         design = f"{s['lds_subsets']} random halves of the pool, scored on {s['lds_queries']} held-out test queries."
     return f"""---
-configs:
-{config_yaml}
+{configs_yaml({name: {"train": path} for name, path in configs.items()})}
 tags:
 - data-attribution
 - airrep

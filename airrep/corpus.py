@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airrep.hub import configs_yaml, write_parquet
+
 CORPUS_NAME = "airrep-synthetic-flan"
 SPLITS = ("pretrain", "train", "test")
 
@@ -618,16 +620,11 @@ def write_corpus(folder: str | Path, sizes: dict[str, int], seed: int) -> dict[s
         "families": len(FAMILIES),
         "categories": sorted({family.category for family in FAMILIES}),
     }
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    for split, rows in records.items():
-        Dataset.from_list(rows).to_parquet(str(folder / "data" / f"{split}.parquet"))
+    paths = {split: write_parquet(Dataset.from_list(rows), folder, split) for split, rows in records.items()}
     families = "\n".join(f"| {f.name} | {f.category} | {len(f.templates)} |" for f in FAMILIES)
     (folder / "README.md").write_text(
         f"""---
-configs:
-- config_name: default
-  data_files:
-{chr(10).join(f"  - split: {split}{chr(10)}    path: data/{split}.parquet" for split in records)}
+{configs_yaml({"default": paths})}
 tags:
 - synthetic
 - instruction-tuning

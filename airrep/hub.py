@@ -6,6 +6,10 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def install_in_offline_cache(
@@ -46,3 +50,35 @@ def install_in_offline_cache(
     (repo_root / "refs").mkdir(parents=True, exist_ok=True)
     (repo_root / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def write_parquet(table: Dataset, folder: str | os.PathLike, stem: str) -> str:
+    """Write ``table`` to ``<folder>/data/<stem>-<content hash>.parquet`` atomically; return the path
+    relative to ``folder`` for the card's ``configs`` list. Older files of the same stem are removed.
+
+    The content hash in the name matters: datasets 5.2 keys its cache for a local folder by the
+    card's ``configs`` (names and relative paths) and not by the files' contents. Two folders with
+    equal cards would otherwise share one cache entry, and ``load_dataset`` would silently return
+    the first folder's rows for the second.
+    """
+    data_dir = Path(folder) / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = data_dir / f".{stem}.{os.getpid()}.tmp"
+    table.to_parquet(str(staging))
+    digest = hashlib.sha256(staging.read_bytes()).hexdigest()[:12]
+    target = data_dir / f"{stem}-{digest}.parquet"
+    os.replace(staging, target)
+    for old in data_dir.glob(f"{stem}-*.parquet"):
+        if old != target:
+            old.unlink()
+    return str(target.relative_to(folder))
+
+
+def configs_yaml(configs: dict[str, dict[str, str]]) -> str:
+    """The ``configs:`` block of a dataset card: ``{config_name: {split: relative_path}}``."""
+    lines = ["configs:"]
+    for name, splits in configs.items():
+        lines += [f"- config_name: {name}", "  data_files:"]
+        for split, path in splits.items():
+            lines += [f"  - split: {split}", f"    path: {path}"]
+    return "\n".join(lines)

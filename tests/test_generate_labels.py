@@ -93,7 +93,7 @@ def test_card_records_the_noise_ceiling_and_settings(work):
 
 
 def test_rerun_of_a_complete_folder_does_nothing(work):
-    labels = work / "labels-lds" / "labels.parquet"
+    (labels,) = (work / "labels-lds" / "data").glob("labels-*.parquet")
     before = labels.stat().st_mtime_ns
     run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds"))
     assert labels.stat().st_mtime_ns == before
@@ -110,7 +110,7 @@ def test_diverged_runs_are_flagged_and_excluded(work):
         run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", learning_rate=1e30))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["diverged"] == 8 and summary["labels"] == 0
-    assert not (folder / "labels.parquet").exists()
+    assert not list((folder / "data").glob("labels-*"))
     diverged = load(folder, "diverged")
     assert diverged.num_rows == 8 and not np.isfinite(np.array(diverged["losses"], dtype=float)).all()
     assert "8 diverged (non-finite loss)" in (folder / "README.md").read_text()
@@ -138,7 +138,7 @@ def test_kill_and_resume_gives_each_pair_exactly_once(work):
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = len(list((folder / "shards").glob("*.json")))
-    assert 5 <= finished < 124 and not (folder / "labels.parquet").exists()
+    assert 5 <= finished < 124 and not (folder / "summary.json").exists()
     run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", lds_subsets=120, models_per_batch=1))
     labels = load(folder, "labels")
     assert sorted(labels["pair_id"]) == [f"lds-{j:04d}" for j in range(120)]
@@ -222,3 +222,25 @@ def test_bad_input_is_named(work, tmp_path):
         attempt([*_records(3), {"prompt": "q", "response": ""}, *_records(4, 10)], _records(4, 100))
     with pytest.raises(ValueError, match=r"test record 1 \(id \?\) is identical to pool record 5"):
         attempt(_records(10), [_records(1, 200)[0], _records(10)[5], *_records(2, 300)])
+
+
+def test_any_causal_lm_folder_can_be_the_target(work, tmp_path):
+    """A GPT-2 folder whose tokenizer has no chat template: prompt + newline, response + eos."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    pool = load(work / "labels-lds", "pool")
+    tokenizer = train_tokenizer(pool["text"], 400)
+    tokenizer.chat_template = None
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    model.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    example = sft_example(tokenizer, {"prompt": "Say hi.", "response": "hi"}, 64)
+    assert tokenizer.decode(example.input_ids) == "Say hi.\nhi<|eos|>"
+    assert tokenizer.decode([t for t in example.labels if t != -100]) == "hi<|eos|>"
+    summary = run(
+        LabelArguments(
+            output_dir=str(work / "labels-gpt2"), preset="smoke", mode="lds", target_lm=str(tmp_path / "gpt2")
+        )
+    )
+    assert summary["labels"] == 8 and summary["target_lm"] == str(tmp_path / "gpt2")
+    assert np.isfinite(np.array(load(work / "labels-gpt2", "labels")["losses"])).all()

@@ -1,0 +1,94 @@
+"""Subset models per hour: several models trained at once (vmap) against one at a time, in one run.
+
+The target LM is the built-in architecture of the chosen preset (random weights: speed does not
+depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real.
+Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
+and scores them on the same queries.
+
+    python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from airrep.corpus import generate_split_records
+from airrep.presets import LABEL_PRESETS
+from airrep.subset_training import SFTSettings, train_and_score
+from airrep.target_lm import sft_example, train_tokenizer
+from configuration_airrep import format_text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="demo", choices=sorted(LABEL_PRESETS))
+    parser.add_argument("--models", type=int, default=8, help="subset models per variant")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8], help="models trained at once")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    preset = LABEL_PRESETS[args.preset]
+    spec = preset.target_lm
+    records = generate_split_records({"train": preset.pool_size, "test": preset.queries_per_split}, seed=0)
+    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], spec.vocab_size)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                         intermediate_size=spec.intermediate_size,
+                         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                         num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_length,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation("eager")  # what generate_labels uses whenever it batches
+    pool = [sft_example(tokenizer, r, spec.max_length) for r in records["train"]]
+    queries = [sft_example(tokenizer, r, spec.max_length) for r in records["test"]]
+    rng = np.random.default_rng(0)
+    subsets = [np.sort(rng.choice(len(pool), preset.train_subset_size, replace=False)) for _ in range(args.models)]
+    query_sets = [np.arange(len(queries))] * args.models
+    settings = SFTSettings(preset.epochs, preset.learning_rate, preset.batch_size, preset.weight_decay)
+    n_params = sum(p.numel() for p in model.parameters())
+    tokens = np.mean([len(e.input_ids) for e in pool])
+    print(f"target LM {n_params:,} parameters, vocabulary {len(tokenizer)}; subsets of {preset.train_subset_size}, "
+          f"batch {preset.batch_size}, {preset.epochs} epoch(s), {len(queries)} queries; {tokens:.0f} tokens/example; "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+
+    train_and_score(model, pool, queries, subsets[:1], query_sets[:1], [0], settings, tokenizer.pad_token_id)  # warm-up
+    figures: dict[str, dict[str, float]] = {}
+    reference = None
+    for together in args.batches:
+        start = time.perf_counter()
+        losses = np.concatenate(
+            [
+                train_and_score(model, pool, queries, subsets[i : i + together], query_sets[i : i + together],
+                                list(range(i, min(i + together, args.models))), settings, tokenizer.pad_token_id)
+                for i in range(0, args.models, together)
+            ]
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        reference = losses if reference is None else reference
+        figures[str(together)] = {
+            "seconds_per_model": seconds / args.models,
+            "models_per_hour": 3600 * args.models / seconds,
+            "max_abs_loss_difference_vs_first": float(np.abs(losses - reference).max()),
+        }
+    base = figures[str(args.batches[0])]["models_per_hour"]
+    for together, row in figures.items():
+        row["speedup"] = row["models_per_hour"] / base
+        print(
+            f"  {together:>2} at once: {row['seconds_per_model']:6.2f} s/model, "
+            f"{row['models_per_hour']:7.0f} models/h, "
+            f"{row['speedup']:.2f}x vs {args.batches[0]} at once "
+            f"(losses differ by {row['max_abs_loss_difference_vs_first']:.1e})"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"preset": args.preset, "models": args.models, "figures": figures}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
