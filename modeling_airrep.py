@@ -189,7 +189,8 @@ def group_influence(
     The work streams over chunks of (subset, member) pairs and merges softmax statistics across
     chunks with the log-sum-exp rule, so memory stays at about ``chunk_size x (n_queries + dim)``
     floats plus the output, whatever the corpus and subset sizes. ``corpus_embeddings`` may be a
-    memory-mapped array. An empty subset scores 0.
+    memory-mapped array. An empty subset scores 0. With tensor inputs the result is differentiable
+    with respect to both embeddings, so training losses pool with this same function.
 
     Args:
         query_embeddings: ``(n_queries, dim)`` array or tensor (a single vector is one query).
@@ -236,7 +237,8 @@ def group_influence(
             continue
         magnitude = scores.abs()
         chunk_max = torch.full((last - first, n_queries), float("-inf"), **zeros)
-        chunk_max.scatter_reduce_(0, local.unsqueeze(1).expand_as(magnitude), magnitude, reduce="amax")
+        # The shift only keeps exp() finite and cancels out of the result, so it carries no gradient.
+        chunk_max.scatter_reduce_(0, local.unsqueeze(1).expand_as(magnitude), magnitude.detach(), reduce="amax")
         old_max = running_max[first:last]
         new_max = torch.maximum(old_max, chunk_max)
         # Subsets with no member yet keep -inf; give them a finite shift so no inf - inf appears.

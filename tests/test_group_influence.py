@@ -116,3 +116,24 @@ def test_similarity_and_top_k(data):
     np.testing.assert_array_equal(best_indices, expected)
     np.testing.assert_allclose(best_scores, np.take_along_axis(scores, expected, axis=1), rtol=1e-6)
     assert top_k(queries, corpus[:3], k=10)[1].shape == (7, 3)
+
+
+@pytest.mark.parametrize("pooling", ["attention", "sum"])
+def test_gradients_match_a_direct_autograd_computation(pooling):
+    torch.manual_seed(0)
+    queries = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    corpus = torch.randn(40, 8, dtype=torch.float64, requires_grad=True)
+    subsets = [torch.randperm(40)[:n].numpy() for n in (5, 17, 1, 30)]
+    weights = torch.randn(len(subsets), 3, dtype=torch.float64)
+
+    (group_influence(queries, corpus, subsets, pooling=pooling, chunk_size=7) * weights).sum().backward()
+    got = queries.grad.clone(), corpus.grad.clone()
+    queries.grad = corpus.grad = None
+
+    rows = []
+    for subset in subsets:
+        s = corpus[torch.as_tensor(subset)] @ queries.T  # (members, queries)
+        rows.append(s.sum(0) if pooling == "sum" else (torch.softmax(s.abs(), dim=0) * s).sum(0))
+    (torch.stack(rows) * weights).sum().backward()
+    torch.testing.assert_close(got[0], queries.grad)
+    torch.testing.assert_close(got[1], corpus.grad)

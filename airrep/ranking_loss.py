@@ -1,0 +1,176 @@
+"""AirRep's training objective (DESIGN.md section 4): weighted pairwise RankNet over group scores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from torch import Tensor, nn
+
+from modeling_airrep import group_influence
+
+WEIGHTINGS = {
+    # name: (pairs kept when delta >= t_min, or > 0 when t_min is None; weight = min(delta, t_max))
+    "paper": (0.1, 5.0),
+    "reference": (None, 10.0),
+}
+
+CITATION = """@inproceedings{sun2025airrep,
+  title     = {Enhancing Training Data Attribution with Representational Optimization},
+  author    = {Weiwei Sun and Haokun Liu and Nikhil Kandpal and Colin Raffel and Yiming Yang},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2025},
+  eprint    = {2505.18513},
+}"""
+
+
+def normalise_losses(losses: np.ndarray, clip: float = 10.0) -> np.ndarray:
+    """Labels from recorded losses: ``y[k, d] = (mean_d - loss[k, d]) / std_d``, clipped to ``+-clip``.
+
+    ``losses`` is ``(n_subsets, n_queries)``; the mean and (population) standard deviation of each
+    query are taken over the subsets that saw it, ignoring NaN. A standard deviation of 0 counts as 1.
+    Higher ``y`` means the subset helped the query more. NaN stays NaN.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    mean = np.nanmean(losses, axis=0, keepdims=True)
+    std = np.nanstd(losses, axis=0, keepdims=True)
+    std = np.where((std == 0) | ~np.isfinite(std), 1.0, std)
+    return np.clip((mean - losses) / std, -clip, clip)
+
+
+def ranknet_loss(scores: Tensor, targets: Tensor, t_min: float | None = 0.1, t_max: float = 5.0) -> Tensor:
+    """Weighted pairwise RankNet loss.
+
+    For each query (row) and each ordered pair of subsets (j, k) with ``delta = targets[j] - targets[k]``
+    above the threshold (``delta >= t_min``, or ``delta > 0`` when ``t_min`` is None), the loss is
+    ``min(delta, t_max) * BCEWithLogits(scores[j] - scores[k], 1)``. The result is the mean over the
+    kept pairs; pairs with a NaN target are skipped. With no kept pair it is 0 (and still has a graph).
+
+    Args:
+        scores: ``(n_queries, n_subsets)`` predicted group scores.
+        targets: ``(n_queries, n_subsets)`` normalised labels (see [`normalise_losses`]).
+    """
+    delta = targets.unsqueeze(2) - targets.unsqueeze(1)  # (q, j, k)
+    logits = scores.unsqueeze(2) - scores.unsqueeze(1)
+    keep = torch.isfinite(delta) & ((delta >= t_min) if t_min is not None else (delta > 0))
+    if not keep.any():
+        return scores.sum() * 0.0
+    weights = delta[keep].clamp(max=t_max)
+    # BCE-with-logits against a target of 1 is softplus(-x).
+    return (weights * nn.functional.softplus(-logits[keep])).mean()
+
+
+class AirRepRankingLoss(CachedLossMixin, nn.Module):
+    def __init__(
+        self,
+        model: nn.Module,
+        weighting: str = "paper",
+        pooling: str = "attention",
+        mini_batch_size: int | None = 32,
+        show_progress_bar: bool = False,
+    ) -> None:
+        """Weighted pairwise RankNet loss over AirRep group scores, as in AirRep (Sun et al., 2025).
+
+        Each training row holds R queries, K training subsets and a label per (query, subset): the
+        normalised, clipped loss change of DESIGN.md section 4 (higher = the subset helped the query
+        more). The model embeds every text of the batch once; each subset's score for each query is
+        the attention-pooled group influence ``sum_i softmax(|s|)_i s_i`` with ``s_i = q . e_i``
+        (``modeling_airrep.group_influence``, the same function used at inference). For every query
+        and every pair of subsets whose labels differ by ``delta`` above a threshold, the loss is
+        ``w(delta) * BCEWithLogits(score_j - score_k, 1)``, averaged over pairs.
+
+        Args:
+            model: The SentenceTransformer wrapping an AirRep checkpoint.
+            weighting: ``"paper"`` (default): pairs with delta < 0.1 are dropped and the weight is
+                ``min(delta, 5)``. ``"reference"``: every delta > 0 is kept and the weight is
+                ``min(delta, 10)``, as in the reference training code.
+            pooling: ``"attention"`` (AirRep) or ``"sum"`` (the linear datamodel), for ablations.
+            mini_batch_size: Texts embedded per forward pass with GradCache (Gao et al., 2021), so a
+                step's memory stays bounded whatever R and K are; ``None`` embeds the batch at once.
+            show_progress_bar: Show a bar over the GradCache mini-batches.
+
+        References:
+            - Sun et al., Enhancing Training Data Attribution with Representational Optimization,
+              NeurIPS 2025: https://arxiv.org/abs/2505.18513
+            - Burges et al., Learning to Rank using Gradient Descent (RankNet), ICML 2005.
+            - Gao et al., Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup
+              (GradCache), 2021: https://arxiv.org/abs/2101.06983
+
+        Requirements:
+            1. Subset-loss labels from ``generate_labels.py --mode train`` (DESIGN.md section 4).
+            2. The AirRep data collator, which tokenizes the union of a step's texts into one column
+               and passes ``{"queries", "members", "targets"}`` as the label.
+
+        Inputs:
+            +-------------------------------------------+---------------------------------------------+
+            | Texts                                     | Labels                                      |
+            +===========================================+=============================================+
+            | one column: the union of the queries and  | ``queries`` (R,) and ``members`` (K, m) row |
+            | subset members of the step, each once     | indices into the column; ``targets`` (R, K) |
+            +-------------------------------------------+---------------------------------------------+
+
+        Example:
+            ::
+
+                from sentence_transformers import SentenceTransformer
+                from airrep.ranking_loss import AirRepRankingLoss
+
+                model = SentenceTransformer("out/demo/model", trust_remote_code=True)
+                loss = AirRepRankingLoss(model, weighting="paper", mini_batch_size=32)
+        """
+        super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
+        if pooling not in ("attention", "sum"):
+            raise ValueError(f"pooling must be 'attention' or 'sum', got {pooling!r}")
+        self.model = model
+        self.weighting = weighting
+        self.t_min, self.t_max = WEIGHTINGS[weighting]
+        self.pooling = pooling
+        self.mini_batch_size = mini_batch_size or 0
+        self.show_progress_bar = show_progress_bar
+        self.uses_gradient_cache = mini_batch_size is not None
+
+    def group_scores(self, embeddings: Tensor, labels: dict[str, Tensor]) -> Tensor:
+        """``(R, K)`` group scores of the label's subsets for its queries."""
+        members = labels["members"].detach().cpu().numpy()
+        queries = embeddings[labels["queries"]]
+        return group_influence(queries, embeddings, members, pooling=self.pooling).T
+
+    def _loss(self, embeddings: Tensor, labels: dict[str, Tensor]) -> Tensor:
+        return ranknet_loss(self.group_scores(embeddings, labels), labels["targets"].float(), self.t_min, self.t_max)
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: dict[str, Tensor] | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        loss = self._loss(torch.cat(reps[0]), labels)
+        if with_backward:
+            loss.backward()
+            loss = loss.detach()
+        return loss
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: dict[str, Tensor]) -> Tensor:
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != 1:
+            raise ValueError(
+                f"AirRepRankingLoss expects one text column (the step's union), got {len(sentence_features)}"
+            )
+        if self.uses_gradient_cache:
+            return self.forward_cached(sentence_features, labels)
+        return self._loss(self.model(sentence_features[0])["sentence_embedding"], labels)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "weighting": self.weighting,
+            "t_min": self.t_min,
+            "t_max": self.t_max,
+            "pooling": self.pooling,
+            "mini_batch_size": self.mini_batch_size or None,
+        }
+
+    @property
+    def citation(self) -> str:
+        return CITATION
