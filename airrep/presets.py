@@ -110,3 +110,31 @@ def resolve(preset: LabelPreset, overrides: dict[str, Any]) -> LabelPreset:
     if unknown:
         raise ValueError(f"unknown preset field(s) {unknown}")
     return replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """Sizes and optimisation settings for ``train_airrep.py``."""
+
+    queries_per_step: int  # R: queries of one split per step
+    subsets_per_step: int  # K: subsets of that split per step
+    train_steps: int
+    validation_splits: int
+    learning_rate: float
+    mini_batch_size: int = 32
+    eval_steps: int = 50
+    logging_steps: int = 5
+    warmup_steps: int = 10
+    seed: int = 0
+
+
+TRAIN_PRESETS: dict[str, TrainPreset] = {
+    "smoke": TrainPreset(queries_per_step=4, subsets_per_step=4, train_steps=12, validation_splits=1,
+                         learning_rate=1e-4, mini_batch_size=16, eval_steps=6, logging_steps=2, warmup_steps=2),
+    "demo": TrainPreset(queries_per_step=16, subsets_per_step=8, train_steps=200, validation_splits=2,
+                        learning_rate=5e-5, eval_steps=50, logging_steps=10),
+    "bench": TrainPreset(queries_per_step=32, subsets_per_step=16, train_steps=2000, validation_splits=4,
+                         learning_rate=5e-5, eval_steps=200, logging_steps=20),
+    "paper": TrainPreset(queries_per_step=1000, subsets_per_step=32, train_steps=20000, validation_splits=10,
+                         learning_rate=1e-4, eval_steps=1000, logging_steps=50),
+}  # fmt: skip

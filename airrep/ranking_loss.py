@@ -136,7 +136,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
 
     def group_scores(self, embeddings: Tensor, labels: dict[str, Tensor]) -> Tensor:
         """``(R, K)`` group scores of the label's subsets for its queries."""
-        members = labels["members"].detach().cpu().numpy()
+        members = [row[row >= 0] for row in labels["members"].detach().cpu().numpy()]  # -1 pads
         queries = embeddings[labels["queries"]]
         return group_influence(queries, embeddings, members, pooling=self.pooling).T
 

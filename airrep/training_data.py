@@ -1,0 +1,178 @@
+"""From a ``train``-mode labels dataset to training rows, and the collator that embeds each step's texts once."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset, load_dataset
+
+from airrep.ranking_loss import normalise_losses
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("pair_id", "split_id", "subset", "queries", "losses")
+
+
+class LabelsFormatError(ValueError):
+    """A labels dataset does not follow the contract of DESIGN.md section 4."""
+
+
+@dataclass
+class Split:
+    """One cross-validation split: its queries, its subsets and their normalised labels."""
+
+    split_id: int
+    queries: np.ndarray  # (n_queries,) rows of the queries config
+    subsets: list[np.ndarray]  # K_total arrays of pool rows
+    losses: np.ndarray  # (K_total, n_queries) recorded losses, NaN where excluded
+    targets: np.ndarray  # (K_total, n_queries) normalised, clipped labels
+
+
+@dataclass
+class LabelsData:
+    source: str
+    pool_texts: list[str]
+    query_texts: list[str]
+    splits: dict[int, Split]
+    excluded_nan: int
+
+
+def _load_config(source: str, config: str) -> Dataset:
+    try:
+        return load_dataset(source, config, split="train")
+    except ValueError as error:
+        if "BuilderConfig" in str(error) or "not found" in str(error).lower():
+            raise LabelsFormatError(f"{source}: the labels dataset has no config {config!r} ({error})") from None
+        raise
+
+
+def load_labels(source: str) -> LabelsData:
+    """Read and validate a labels dataset (a folder or a Hub id); NaN losses are excluded with a warning.
+
+    Raises:
+        LabelsFormatError: a config or column is missing, an index is out of range, or a split has
+            fewer than 2 subsets.
+    """
+    pool, queries, labels = (_load_config(source, c) for c in ("pool", "queries", "labels"))
+    for name, table, needed in (
+        ("pool", pool, ("text",)),
+        ("queries", queries, ("text",)),
+        ("labels", labels, LABEL_COLUMNS),
+    ):
+        missing = [c for c in needed if c not in table.column_names]
+        if missing:
+            raise LabelsFormatError(
+                f"{source}: config {name!r} lacks the column(s) {missing}; it has {table.column_names}"
+            )
+    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    excluded = 0
+    for row in labels:
+        subset, query_rows = np.asarray(row["subset"], dtype=np.int64), np.asarray(row["queries"], dtype=np.int64)
+        losses = np.asarray(row["losses"], dtype=np.float64)
+        where = f"{source}: labels row {row['pair_id']!r}"
+        bad = subset[(subset < 0) | (subset >= pool.num_rows)]
+        if bad.size:
+            raise LabelsFormatError(f"{where}: subset index {bad[0]} is out of range for a pool of {pool.num_rows}")
+        if query_rows.size and (query_rows.min() < 0 or query_rows.max() >= queries.num_rows):
+            raise LabelsFormatError(f"{where}: query index out of range for {queries.num_rows} queries")
+        if losses.shape != query_rows.shape:
+            raise LabelsFormatError(f"{where}: {losses.size} losses for {query_rows.size} queries")
+        excluded += int((~np.isfinite(losses)).sum())
+        rows[int(row["split_id"])].append({"subset": subset, "queries": query_rows, "losses": losses})
+    if excluded:
+        logger.warning("%s: %d non-finite loss value(s) excluded from the labels", source, excluded)
+
+    splits: dict[int, Split] = {}
+    for split_id, members in sorted(rows.items()):
+        if len(members) < 2:
+            raise LabelsFormatError(
+                f"{source}: split {split_id} has {len(members)} subset(s); ranking needs at least 2"
+            )
+        split_queries = np.unique(np.concatenate([m["queries"] for m in members]))
+        column = {q: i for i, q in enumerate(split_queries.tolist())}
+        losses = np.full((len(members), split_queries.size), np.nan)
+        for k, m in enumerate(members):
+            finite = np.isfinite(m["losses"])
+            losses[k, [column[q] for q in m["queries"][finite].tolist()]] = m["losses"][finite]
+        splits[split_id] = Split(
+            split_id, split_queries, [m["subset"] for m in members], losses, normalise_losses(losses)
+        )
+    return LabelsData(source, pool["text"], queries["text"], splits, excluded)
+
+
+def sample_rows(
+    data: LabelsData, split_ids: list[int], queries_per_row: int, subsets_per_row: int, n_rows: int, seed: int
+) -> Dataset:
+    """Training rows: each is one split with R of its queries and K of its subsets.
+
+    As in the reference, the least-seen queries and subsets of a split are taken first (ties broken
+    at random), so every query and subset is used about equally often.
+    """
+    if not split_ids:
+        raise ValueError("no training splits left: lower --validation_splits")
+    rng = np.random.default_rng(seed)
+    seen_queries = {s: np.zeros(data.splits[s].queries.size) for s in split_ids}
+    seen_subsets = {s: np.zeros(len(data.splits[s].subsets)) for s in split_ids}
+    out: dict[str, list] = {"split_id": [], "query_columns": [], "subset_rows": []}
+    order: list[int] = []
+    while len(order) < n_rows:  # every split once per cycle, in a fresh random order
+        order += rng.permutation(split_ids).tolist()
+    for split in order[:n_rows]:
+        q_order = np.lexsort((rng.random(seen_queries[split].size), seen_queries[split]))[:queries_per_row]
+        k_order = np.lexsort((rng.random(seen_subsets[split].size), seen_subsets[split]))[:subsets_per_row]
+        seen_queries[split][q_order] += 1
+        seen_subsets[split][k_order] += 1
+        out["split_id"].append(split)
+        out["query_columns"].append(np.sort(q_order).tolist())
+        out["subset_rows"].append(np.sort(k_order).tolist())
+    return Dataset.from_dict(out)
+
+
+class AirRepDataCollator:
+    """Tokenizes the union of a step's texts once: a pool example in several subsets is encoded once.
+
+    Produces one text column (``sentence_0_*``) and the label ``{"queries", "members", "targets"}``
+    that [`AirRepRankingLoss`] reads. One row (one split) per step.
+    """
+
+    valid_label_columns: tuple[str, ...] = ()
+
+    def __init__(self, preprocess, data: LabelsData, union: bool = True) -> None:
+        self.preprocess = preprocess
+        self.data = data
+        self.union = union
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(rows) != 1:
+            raise ValueError(f"AirRep trains on one split per step; set the batch size to 1 (got {len(rows)} rows)")
+        row = rows[0]
+        split = self.data.splits[row["split_id"]]
+        query_rows = split.queries[row["query_columns"]]
+        subsets = [split.subsets[k] for k in row["subset_rows"]]
+        keys = [("q", int(q)) for q in query_rows] + [("p", int(p)) for s in subsets for p in s]
+        if self.union:
+            index: dict[tuple[str, int], int] = {}
+            for key in keys:
+                index.setdefault(key, len(index))
+            order = list(index)
+            positions = [index[key] for key in keys]
+        else:
+            order, positions = keys, list(range(len(keys)))
+        texts = [self.data.query_texts[i] if kind == "q" else self.data.pool_texts[i] for kind, i in order]
+        features = self.preprocess(texts)
+        n_q = len(query_rows)
+        width = max(len(s) for s in subsets)
+        members = torch.full((len(subsets), width), -1, dtype=torch.long)  # -1 pads unequal subsets
+        start = n_q
+        for k, subset in enumerate(subsets):
+            members[k, : len(subset)] = torch.tensor(positions[start : start + len(subset)])
+            start += len(subset)
+        targets = torch.tensor(split.targets[np.ix_(row["subset_rows"], row["query_columns"])].T, dtype=torch.float32)
+        batch = {f"sentence_0_{key}": value for key, value in features.items()}
+        batch["label"] = {"queries": torch.tensor(positions[:n_q]), "members": members, "targets": targets}
+        return batch
