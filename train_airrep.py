@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -130,9 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     output_dir = Path(training_args.output_dir)
-    with tempfile.TemporaryDirectory() as initial:
-        AirRepModel.from_encoder(args.base_encoder).save_pretrained(initial)
-        model = SentenceTransformer(initial, trust_remote_code=True)
+    initial = output_dir / ".initial-model"
+    # One process writes the untrained checkpoint (save_pretrained only writes on the main process
+    # under torchrun); every process then loads it the way users load a checkpoint.
+    with training_args.main_process_first(desc="building the untrained AirRep"):
+        if training_args.process_index == 0 and not (initial / "config.json").exists():
+            AirRepModel.from_encoder(args.base_encoder).save_pretrained(initial)
+    model = SentenceTransformer(str(initial), trust_remote_code=True)
     base = model[0].auto_model.config.base_model
     loss = AirRepRankingLoss(model, weighting=args.weighting, mini_batch_size=preset.mini_batch_size or None)
     evaluator = LDSEvaluator(data, held_out)
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
                 indent=2,
             )
         )
+        shutil.rmtree(initial, ignore_errors=True)
         logger.info("Saved %s; validation %s", output_dir, metrics)
 
 

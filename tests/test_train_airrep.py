@@ -1,0 +1,140 @@
+"""train_airrep.py on the smoke preset: training, resuming, a 2-process run, and labels that break the contract."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_dataset
+from huggingface_hub import ModelCard
+
+from airrep.hub import configs_yaml, write_parquet
+from airrep.training_data import LabelsFormatError, load_labels, sample_rows
+from generate_labels import LabelArguments, run
+from modeling_airrep import AirRepModel
+from train_airrep import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train") / "labels-train"
+    run(LabelArguments(output_dir=str(folder), preset="smoke", mode="train", noise_ceiling=0))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(labels):
+    output = labels.parent / "model"
+    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output)])
+    return output
+
+
+def test_smoke_training_lowers_the_loss_and_saves_a_checkpoint(trained, labels):
+    record = json.loads((trained / "airrep_training.json").read_text())
+    losses = [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+    assert len(losses) >= 4 and np.mean(losses[-2:]) < losses[0]
+    assert set(record["validation"]) == {"validation_lds_attention", "validation_lds_sum"}
+    assert record["held_out_splits"] == [0] or record["held_out_splits"] == [1]
+    model = AirRepModel.from_pretrained(trained)
+    assert model.encode(["a text"]).shape == (1, 384)
+    assert not (trained / ".initial-model").exists()
+    card = ModelCard.load(trained / "README.md").data
+    assert card.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.datasets == [str(labels)]
+    names = {result.metric_name for result in card.eval_results}
+    assert names == {"LDS (attention pooling)", "LDS (sum pooling)"}
+    text = (trained / "README.md").read_text()
+    assert "weighting `paper` (t_min, t_max = (0.1, 5.0))" in text and "R = 4" in text
+
+
+def test_training_changes_the_encoder(trained):
+    untrained = AirRepModel.from_encoder()
+    reloaded = AirRepModel.from_pretrained(trained)
+    texts = ["Question: What is 3 plus 4?\nAnswer: 7", "Paris is in France."]
+    assert not np.allclose(untrained.encode(texts), reloaded.encode(texts), atol=1e-3)
+
+
+def test_two_process_torchrun_trains_and_its_result_loads(labels):
+    output = labels.parent / "model-ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train_airrep.py",
+         "--preset", "smoke", "--labels", str(labels), "--output_dir", str(output),
+         "--train_steps", "4", "--eval_steps", "2", "--logging_steps", "1"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((output / "airrep_training.json").read_text())
+    assert [e["epoch"] for e in record["log_history"] if "loss" in e] == [0.5, 1.0]  # 2 rows per process
+    assert AirRepModel.from_pretrained(output).encode("x").shape == (384,)
+
+
+def test_rows_favour_the_least_seen(labels):
+    data = load_labels(str(labels))
+    rows = sample_rows(data, [0, 1], queries_per_row=3, subsets_per_row=2, n_rows=16, seed=0)
+    for split in (0, 1):
+        picked = [r for r in rows if r["split_id"] == split]
+        query_counts = np.bincount(np.concatenate([r["query_columns"] for r in picked]), minlength=8)
+        subset_counts = np.bincount(np.concatenate([r["subset_rows"] for r in picked]), minlength=4)
+        assert query_counts.max() - query_counts.min() <= 1 and subset_counts.max() - subset_counts.min() <= 1
+
+
+def _rewrite(labels: Path, target: Path, edit=None, drop_config=None) -> str:
+    shutil.copytree(labels, target)
+    configs = {}
+    for name in ("pool", "queries", "labels"):
+        if name == drop_config:
+            continue
+        table = load_dataset(str(labels), name, split="train")
+        if name == "labels" and edit is not None:
+            table = edit(table)
+        configs[name] = {"train": write_parquet(table, target, name)}
+    (target / "README.md").write_text(f"---\n{configs_yaml(configs)}\n---\n")
+    return str(target)
+
+
+def test_bad_labels_fail_before_training(labels, tmp_path, caplog):
+    with pytest.raises(LabelsFormatError, match="has no config 'labels'"):
+        load_labels(_rewrite(labels, tmp_path / "a", drop_config="labels"))
+
+    def out_of_range(table):
+        return table.map(lambda row, i: {"subset": [10_000, *row["subset"][1:]]} if i == 3 else {}, with_indices=True)
+
+    with pytest.raises(LabelsFormatError, match=r"labels row 'train-000-0003'.*subset index 10000 is out of range"):
+        load_labels(_rewrite(labels, tmp_path / "b", edit=out_of_range))
+
+    def one_subset_in_split_1(table):
+        return table.filter(lambda row: row["split_id"] == 0 or row["pair_id"].endswith("0000"))
+
+    with pytest.raises(LabelsFormatError, match="split 1 has 1 subset"):
+        main(
+            [
+                "--labels",
+                _rewrite(labels, tmp_path / "c", edit=one_subset_in_split_1),
+                "--output_dir",
+                str(tmp_path / "m"),
+            ]
+        )
+    assert not (tmp_path / "m").exists()
+
+    def without_columns(table):
+        return table.remove_columns(["losses"])
+
+    with pytest.raises(LabelsFormatError, match=r"config 'labels' lacks the column\(s\) \['losses'\]"):
+        load_labels(_rewrite(labels, tmp_path / "d", edit=without_columns))
+
+    def nan_losses(table):
+        return table.map(
+            lambda row, i: {"losses": [float("nan")] * 3 + row["losses"][3:]} if i < 2 else {}, with_indices=True
+        )
+
+    with caplog.at_level(logging.WARNING):
+        data = load_labels(_rewrite(labels, tmp_path / "e", edit=nan_losses))
+    assert data.excluded_nan == 6 and "6 non-finite loss value(s) excluded" in caplog.text
+    assert np.isnan(data.splits[0].targets).sum() == 6
