@@ -1,0 +1,100 @@
+"""Time and peak memory of one AirRep training step: with and without GradCache, with and without
+union encoding, on the same step of a labels dataset.
+
+Each variant runs in a fresh process (peak RSS cannot be reset within one), which loads the untrained
+AirRep, builds the same training row, and times one forward + backward of AirRepRankingLoss. The
+memory figure is the rise of the peak RSS during the step over the RSS before it.
+
+    python benchmarks/bench_train_step.py --labels out/demo/labels-train --queries 16 --subsets 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "GradCache + union": {"mini_batch_size": 32, "union": True},
+    "GradCache, no union": {"mini_batch_size": 32, "union": False},
+    "no GradCache + union": {"mini_batch_size": None, "union": True},
+    "no GradCache, no union": {"mini_batch_size": None, "union": False},
+}
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def one_variant(labels: str, queries: int, subsets: int, mini_batch_size: int | None, union: bool) -> dict:
+    import tempfile
+
+    from sentence_transformers import SentenceTransformer
+
+    from airrep.ranking_loss import AirRepRankingLoss
+    from airrep.training_data import AirRepDataCollator, load_labels, sample_rows
+    from modeling_airrep import AirRepModel
+
+    data = load_labels(labels)
+    row = sample_rows(data, sorted(data.splits), queries, subsets, 1, seed=0)[0]
+    with tempfile.TemporaryDirectory() as folder:
+        AirRepModel.from_encoder().save_pretrained(folder)
+        model = SentenceTransformer(folder, trust_remote_code=True)
+    model.train()
+    batch = AirRepDataCollator(model.preprocess, data, union=union)([row])
+    features = {k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")}
+    loss = AirRepRankingLoss(model, mini_batch_size=mini_batch_size)
+    texts = features["input_ids"].shape[0]
+    # Warm up autograd and the allocator on two texts so the figure is the step's own memory.
+    model(model.preprocess(["warm", "up"]))["sentence_embedding"].sum().backward()
+    model.zero_grad()
+    before = rss_mib()
+    start = time.perf_counter()
+    loss([features], batch["label"]).backward()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"texts_encoded": texts, "seconds": seconds, "peak_rise_mib": peak - before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", required=True, help="a train-mode labels dataset")
+    parser.add_argument("--queries", type=int, default=16, help="R")
+    parser.add_argument("--subsets", type=int, default=8, help="K")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(one_variant(args.labels, args.queries, args.subsets, **VARIANTS[args.variant])))
+        return
+    figures = {}
+    for name in VARIANTS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--labels", args.labels, "--queries", str(args.queries),
+             "--subsets", str(args.subsets), "--variant", name],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        figures[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        row = figures[name]
+        print(
+            f"  {name:<24} {row['texts_encoded']:5d} texts  {row['seconds']:7.1f} s  "
+            f"peak +{row['peak_rise_mib']:7.0f} MiB"
+        )
+    base = figures["GradCache + union"]
+    for row in figures.values():
+        row["time_vs_gradcache_union"] = row["seconds"] / base["seconds"]
+        row["memory_vs_gradcache_union"] = row["peak_rise_mib"] / max(base["peak_rise_mib"], 1e-9)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(
+                {"labels": args.labels, "R": args.queries, "K": args.subsets, "figures": figures}, handle, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()
