@@ -60,7 +60,6 @@ def preset_training_arguments(preset, explicit: set[str]) -> dict:
         "eval_strategy": "steps",
         "eval_steps": preset.eval_steps,
         "save_strategy": "steps",
-        "save_steps": preset.eval_steps,
         "save_total_limit": 2,
         "warmup_steps": preset.warmup_steps,
         "seed": preset.seed,
@@ -116,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
+    if "save_steps" not in explicit:  # checkpoint where we evaluate, whichever way eval_steps was set
+        training_args.save_steps = training_args.eval_steps
     if training_args.per_device_train_batch_size != 1:
         raise ValueError("AirRep trains on one split per step: --per_device_train_batch_size must be 1")
 
