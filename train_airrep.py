@@ -70,7 +70,9 @@ def preset_training_arguments(preset, explicit: set[str]) -> dict:
     return {k: v for k, v in values.items() if k not in explicit}
 
 
-def write_card(folder: Path, args: AirRepArguments, preset, metrics: dict[str, float], base: str) -> None:
+def write_card(
+    folder: Path, args: AirRepArguments, preset, loss: AirRepRankingLoss, metrics: dict[str, float], base: str
+) -> None:
     card = ModelCard.load(folder / "README.md")
     data: ModelCardData = card.data
     data.datasets = [args.labels]
@@ -90,13 +92,15 @@ def write_card(folder: Path, args: AirRepArguments, preset, metrics: dict[str, f
 Trained with `train_airrep.py` from `{base}` on the subset-loss labels `{args.labels}`
 (weighted pairwise RankNet over attention-pooled group scores, `AirRepRankingLoss`).
 
-- Loss: weighting `{args.weighting}` (t_min, t_max = {WEIGHTINGS[args.weighting]}),
-  GradCache mini-batch {preset.mini_batch_size or "off"}, union encoding {"on" if args.union else "off"}.
+- Loss: `AirRepRankingLoss` with `{json.dumps(loss.get_config_dict())}`; union encoding
+  {"on" if args.union else "off"}.
 - Steps: {preset.train_steps} steps of one split each, R = {preset.queries_per_step} queries and
   K = {preset.subsets_per_step} subsets per step; learning rate {preset.learning_rate}.
 - Validation LDS (held-out splits of the training labels, never the test labels):
   {json.dumps({k: round(v, 4) for k, v in metrics.items() if "lds" in k})}
 """
+    if loss.citation not in card.text:
+        card.text += f"\n### Loss citation\n\n```bibtex\n{loss.citation}\n```\n"
     card.save(folder / "README.md")
 
 
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     if trainer.is_world_process_zero():
         airrep = model[0].auto_model
         airrep.save_pretrained(output_dir)
-        write_card(output_dir, args, preset, {f"eval_{k}": v for k, v in metrics.items()}, base)
+        write_card(output_dir, args, preset, loss, {f"eval_{k}": v for k, v in metrics.items()}, base)
         (output_dir / "airrep_training.json").write_text(
             json.dumps(
                 {

@@ -50,7 +50,21 @@ def test_smoke_training_lowers_the_loss_and_saves_a_checkpoint(trained, labels):
     names = {result.metric_name for result in card.eval_results}
     assert names == {"LDS (attention pooling)", "LDS (sum pooling)"}
     text = (trained / "README.md").read_text()
-    assert "weighting `paper` (t_min, t_max = (0.1, 5.0))" in text and "R = 4" in text
+    assert '"weighting": "paper", "t_min": 0.1, "t_max": 5.0, "pooling": "attention", "mini_batch_size": 16' in text
+    assert "R = 4" in text and "2505.18513" in text
+
+
+def test_a_rerun_resumes_from_the_last_checkpoint(labels, caplog):
+    output = labels.parent / "model-resume"
+    flags = ["--labels", str(labels), "--output_dir", str(output), "--train_steps", "4", "--eval_steps", "2"]
+    main(flags)
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    shutil.rmtree(output / "checkpoint-4")  # as if the run had been killed after step 3
+    with caplog.at_level(logging.INFO):
+        main(flags)
+    assert f"Resuming from {output / 'checkpoint-2'}" in caplog.text
+    history = json.loads((output / "airrep_training.json").read_text())["log_history"]
+    assert max(e["step"] for e in history) == 4 and (output / "checkpoint-4").exists()
 
 
 def test_training_changes_the_encoder(trained):
