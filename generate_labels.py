@@ -33,7 +33,7 @@ from transformers import HfArgumentParser
 
 from airrep.corpus import write_corpus
 from airrep.hub import configs_yaml, write_parquet
-from airrep.lds import noise_ceiling
+from airrep.lds import ceiling_from_correlations, per_query_spearman
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
 from airrep.subset_training import SFTSettings, train_and_score
 from airrep.target_lm import build_target_lm, load_target_lm, sft_example
@@ -286,16 +286,16 @@ def assemble(
         configs["noise"] = write_parquet(table(noise_rows), folder, "noise")
         first = {s["pair_id"]: s for s in labels}
         twins = [(first[s["pair_id"].removesuffix("-noise")], s) for s in noise_rows]
-        ceiling = {"subsets": len(twins)}
-        per_split: list[float] = []
+        # Correlate within each split (its subsets share one query set), then average over queries.
+        per_query: list[np.ndarray] = []
         for split in sorted({a["split_id"] for a, _ in twins}):
             in_split = [(a, b) for a, b in twins if a["split_id"] == split]
             if len(in_split) >= 3:
                 a = np.array([x["losses"] for x, _ in in_split])
                 b = np.array([y["losses"] for _, y in in_split])
-                per_split.append(noise_ceiling(a, b)["r"])
-        r = float(np.mean(per_split)) if per_split else float("nan")
-        ceiling |= {"r": r, "sqrt_r": float(np.sqrt(max(r, 0.0))) if per_split else float("nan")}
+                per_query.append(per_query_spearman(a, b))
+        correlations = np.concatenate(per_query) if per_query else np.zeros(0)
+        ceiling = {"subsets": len(twins), **ceiling_from_correlations(correlations)}
 
     summary = {
         "mode": args.mode,

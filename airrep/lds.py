@@ -36,5 +36,12 @@ def noise_ceiling(losses_a: np.ndarray, losses_b: np.ndarray) -> dict[str, float
     ``r`` is the mean over queries of the Spearman correlation, across subsets, between the two runs'
     losses; ``sqrt_r`` is the LDS a perfect predictor of the expected loss would reach against one run.
     """
-    r = float(per_query_spearman(losses_a, losses_b).mean())
+    return ceiling_from_correlations(per_query_spearman(losses_a, losses_b))
+
+
+def ceiling_from_correlations(per_query: np.ndarray) -> dict[str, float]:
+    """``r`` (the mean of per-query run-to-run correlations) and ``sqrt_r``; NaN for no queries."""
+    if len(per_query) == 0:
+        return {"r": float("nan"), "sqrt_r": float("nan")}
+    r = float(np.mean(per_query))
     return {"r": r, "sqrt_r": float(np.sqrt(max(r, 0.0)))}

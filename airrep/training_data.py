@@ -75,11 +75,10 @@ def load_labels(source: str) -> LabelsData:
         subset, query_rows = np.asarray(row["subset"], dtype=np.int64), np.asarray(row["queries"], dtype=np.int64)
         losses = np.asarray(row["losses"], dtype=np.float64)
         where = f"{source}: labels row {row['pair_id']!r}"
-        bad = subset[(subset < 0) | (subset >= pool.num_rows)]
-        if bad.size:
-            raise LabelsFormatError(f"{where}: subset index {bad[0]} is out of range for a pool of {pool.num_rows}")
-        if query_rows.size and (query_rows.min() < 0 or query_rows.max() >= queries.num_rows):
-            raise LabelsFormatError(f"{where}: query index out of range for {queries.num_rows} queries")
+        for what, indices, size in (("subset", subset, pool.num_rows), ("query", query_rows, queries.num_rows)):
+            bad = indices[(indices < 0) | (indices >= size)]
+            if bad.size:
+                raise LabelsFormatError(f"{where}: {what} index {bad[0]} is out of range for {size} rows")
         if losses.shape != query_rows.shape:
             raise LabelsFormatError(f"{where}: {losses.size} losses for {query_rows.size} queries")
         excluded += int((~np.isfinite(losses)).sum())
