@@ -6,7 +6,7 @@ The one implementation of LDS and of the noise ceiling; every script calls these
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import bootstrap, rankdata
 
 
 def per_query_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,3 +45,45 @@ def ceiling_from_correlations(per_query: np.ndarray) -> dict[str, float]:
         return {"r": float("nan"), "sqrt_r": float("nan")}
     r = float(np.mean(per_query))
     return {"r": r, "sqrt_r": float(np.sqrt(max(r, 0.0)))}
+
+
+def lds(scores: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Per-query linear datamodeling score: the Spearman correlation, across subsets, between a
+    method's group scores and the negated recorded losses (a higher score should mean a lower loss).
+
+    Both are ``(n_subsets, n_queries)``, rows in the order of the labels config. NaN counts as 0.
+    LDS itself is the mean of the result (see :func:`lds_summary`).
+    """
+    return per_query_spearman(scores, -np.asarray(losses, dtype=np.float64))
+
+
+def bootstrap_ci(
+    per_query: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over queries (queries resampled with replacement)."""
+    per_query = np.asarray(per_query, dtype=np.float64)
+    if per_query.size == 0:
+        return float("nan"), float("nan")
+    if np.all(per_query == per_query[0]):  # no spread: scipy would warn about a degenerate distribution
+        return float(per_query[0]), float(per_query[0])
+    result = bootstrap(
+        (per_query,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def lds_summary(
+    scores: np.ndarray, losses: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, object]:
+    """``{"lds", "ci", "per_query"}``: LDS (the mean of :func:`lds` over queries) with its bootstrap interval."""
+    per_query = lds(scores, losses)
+    return {
+        "lds": float(per_query.mean()) if per_query.size else float("nan"),
+        "ci": list(bootstrap_ci(per_query, n_resamples, confidence, seed)),
+        "per_query": per_query,
+    }

@@ -140,3 +140,27 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     "paper": TrainPreset(queries_per_step=1000, subsets_per_step=32, train_steps=20000, validation_splits=10,
                          learning_rate=1e-4, eval_steps=1000, logging_steps=50),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvalPreset:
+    """Settings of ``eval_lds.py``. None of them is tuned on the ``lds`` labels it scores."""
+
+    # Gradient features per checkpoint for grad-dot, grad-cos and TracIn; LoGra's rank k is chosen so
+    # that its n_linear_layers * k * k numbers come closest to it from below (equal storage).
+    projection_dim: int
+    gradient_batch_size: int = 16
+    logra_damping: float = 0.1  # times each layer's mean Fisher eigenvalue, as in LoGra
+    encode_batch_size: int = 64
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    classification_k: int = 5
+    seed: int = 0
+
+
+EVAL_PRESETS: dict[str, EvalPreset] = {
+    "smoke": EvalPreset(projection_dim=64, bootstrap_resamples=200),
+    "demo": EvalPreset(projection_dim=4096),
+    "bench": EvalPreset(projection_dim=4096),
+    "paper": EvalPreset(projection_dim=18432, gradient_batch_size=4),  # LoGra's size for Qwen2.5-0.5B
+}

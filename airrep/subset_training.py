@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,93 @@ def _stack(
     length = max(len(e.input_ids) for row in rows for e in row)
     pairs = [collate(row, pad_id, length) for row in rows]
     return torch.stack([p[0] for p in pairs]).to(device), torch.stack([p[1] for p in pairs]).to(device)
+
+
+class _Stacked:
+    """Copies of one model's parameters stacked along a leading dimension, run with ``vmap``."""
+
+    def __init__(self, model: torch.nn.Module, n_models: int) -> None:
+        self.model = model
+        self.buffers = dict(model.named_buffers())
+        self.params = {
+            name: p.detach().unsqueeze(0).repeat(n_models, *([1] * p.ndim)).requires_grad_()
+            for name, p in model.named_parameters()
+        }
+        self.n_models = n_models
+
+    def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False}).logits
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (models, examples, length)
+        if self.n_models == 1:
+            return self._logits({name: p[0] for name, p in self.params.items()}, ids[0]).unsqueeze(0)
+        return vmap(self._logits)(self.params, ids)
+
+
+EpochCallback = Callable[[int, dict[str, torch.Tensor], float], None]
+
+
+def _finetune(
+    stacked: _Stacked,
+    pool: Sequence[SFTExample],
+    subsets: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    settings: SFTSettings,
+    pad_id: int,
+    on_epoch_end: EpochCallback | None = None,
+) -> None:
+    n_models = stacked.n_models
+    device = next(iter(stacked.params.values())).device
+    optimizer = torch.optim.AdamW(
+        stacked.params.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay, foreach=True
+    )
+    subset_size = len(subsets[0])
+    steps_per_epoch = math.ceil(subset_size / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    rngs = [random.Random(seed) for seed in seeds]
+    orders: list[list[int]] = [[] for _ in range(n_models)]
+    step = 0
+    for epoch in range(settings.epochs):
+        for m in range(n_models):
+            orders[m] = [int(i) for i in subsets[m]]
+            rngs[m].shuffle(orders[m])
+        rates = []
+        for begin in range(0, subset_size, settings.batch_size):
+            rows = [[pool[i] for i in orders[m][begin : begin + settings.batch_size]] for m in range(n_models)]
+            ids, labels = _stack(rows, pad_id, device)
+            summed, counts = response_losses(stacked(ids), labels)
+            per_model = summed.sum(-1) / counts.sum(-1).clamp(min=1)
+            per_model.sum().backward()
+            rate = settings.learning_rate * (1 - step / total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            rates.append(rate)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {name: p.detach().clone() for name, p in stacked.params.items()}, float(np.mean(rates)))
+
+
+def _losses(
+    stacked: _Stacked,
+    queries: Sequence[SFTExample],
+    query_sets: Sequence[np.ndarray],
+    settings: SFTSettings,
+    pad_id: int,
+) -> np.ndarray:
+    device = next(iter(stacked.params.values())).device
+    n_queries = len(query_sets[0])
+    losses = np.empty((stacked.n_models, n_queries))
+    with torch.no_grad():
+        for begin in range(0, n_queries, settings.eval_batch_size):
+            rows = [[queries[int(i)] for i in qs[begin : begin + settings.eval_batch_size]] for qs in query_sets]
+            ids, labels = _stack(rows, pad_id, device)
+            summed, counts = response_losses(stacked(ids), labels)
+            per_query = summed / counts.clamp(min=1)
+            per_query[counts == 0] = float("nan")
+            losses[:, begin : begin + per_query.shape[1]] = per_query.double().cpu().numpy()
+    return losses
 
 
 def train_and_score(
@@ -64,63 +151,43 @@ def train_and_score(
         tokens, NaN where training diverged.
     """
     n_models = len(subsets)
-    sizes = {len(s) for s in subsets}
-    if len(sizes) != 1 or len({len(q) for q in query_sets}) != 1:
+    if len({len(s) for s in subsets}) != 1 or len({len(q) for q in query_sets}) != 1:
         raise ValueError("models trained together need subsets of one size and query sets of one size")
     if not (len(query_sets) == len(seeds) == n_models):
         raise ValueError("subsets, query_sets and seeds must have one entry per model")
-    device = next(model.parameters()).device
-    start = {name: p.detach() for name, p in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-    stacked = {name: p.unsqueeze(0).repeat(n_models, *([1] * p.ndim)).requires_grad_() for name, p in start.items()}
-
-    def logits_of(params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, (params, buffers), (ids,), {"use_cache": False}).logits
-
-    def forward(ids: torch.Tensor) -> torch.Tensor:  # ids: (models, examples, length)
-        if n_models == 1:
-            only = {name: p[0] for name, p in stacked.items()}
-            return logits_of(only, ids[0]).unsqueeze(0)
-        return vmap(logits_of)(stacked, ids)
-
-    optimizer = torch.optim.AdamW(
-        stacked.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay, foreach=True
-    )
-    subset_size = sizes.pop()
-    steps_per_epoch = math.ceil(subset_size / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
-    rngs = [random.Random(seed) for seed in seeds]
-    orders: list[list[int]] = [[] for _ in range(n_models)]
-    step = 0
     was_training = model.training
     model.eval()  # no dropout: runs are reproducible and vmap needs no randomness
     try:
-        for _epoch in range(settings.epochs):
-            for m in range(n_models):
-                orders[m] = [int(i) for i in subsets[m]]
-                rngs[m].shuffle(orders[m])
-            for begin in range(0, subset_size, settings.batch_size):
-                rows = [[pool[i] for i in orders[m][begin : begin + settings.batch_size]] for m in range(n_models)]
-                ids, labels = _stack(rows, pad_id, device)
-                summed, counts = response_losses(forward(ids), labels)
-                per_model = summed.sum(-1) / counts.sum(-1).clamp(min=1)
-                per_model.sum().backward()
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.learning_rate * (1 - step / total_steps)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-        n_queries = len(query_sets[0])
-        losses = np.empty((n_models, n_queries))
-        with torch.no_grad():
-            for begin in range(0, n_queries, settings.eval_batch_size):
-                rows = [[queries[int(i)] for i in qs[begin : begin + settings.eval_batch_size]] for qs in query_sets]
-                ids, labels = _stack(rows, pad_id, device)
-                summed, counts = response_losses(forward(ids), labels)
-                per_query = summed / counts.clamp(min=1)
-                per_query[counts == 0] = float("nan")
-                losses[:, begin : begin + per_query.shape[1]] = per_query.double().cpu().numpy()
+        stacked = _Stacked(model, n_models)
+        _finetune(stacked, pool, subsets, seeds, settings, pad_id)
+        return _losses(stacked, queries, query_sets, settings, pad_id)
     finally:
         model.train(was_training)
-    return losses
+
+
+def finetune(
+    model: torch.nn.Module,
+    pool: Sequence[SFTExample],
+    subset: np.ndarray,
+    seed: int,
+    settings: SFTSettings,
+    pad_id: int,
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """Fine-tune one copy of ``model`` on ``pool[subset]`` exactly as a subset model is trained.
+
+    Returns:
+        One ``(parameters, mean learning rate of the epoch)`` checkpoint per epoch, taken at the end
+        of the epoch; the last is the fine-tuned model. ``model`` itself is not changed.
+    """
+    checkpoints: list[tuple[dict[str, torch.Tensor], float]] = []
+
+    def keep(_epoch: int, params: dict[str, torch.Tensor], rate: float) -> None:
+        checkpoints.append(({name: p[0] for name, p in params.items()}, rate))
+
+    was_training = model.training
+    model.eval()
+    try:
+        _finetune(_Stacked(model, 1), pool, [np.asarray(subset)], [seed], settings, pad_id, keep)
+    finally:
+        model.train(was_training)
+    return checkpoints

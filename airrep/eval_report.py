@@ -1,0 +1,132 @@
+"""The report folder of ``eval_lds.py``: ``results.json``, a Table-1-shaped markdown table, a bar chart,
+and the saved group-score matrices from which every LDS can be recomputed (DESIGN.md section 2a)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airrep.lds import lds_summary
+
+POOLINGS = ("sum", "attention")
+
+
+def scores_path(folder: str | os.PathLike, method: str, pooling: str) -> Path:
+    """``scores/NAME.POOLING.npy``: subsets x queries, rows in the order of the labels config."""
+    return Path(folder) / "scores" / f"{method}.{pooling}.npy"
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` atomically: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def recompute_lds(
+    folder: str | os.PathLike, losses: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """LDS and interval of every saved score matrix, against the labels' ``(subsets, queries)`` losses."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for file in sorted((Path(folder) / "scores").glob("*.npy")):
+        method, pooling = file.name.removesuffix(".npy").rsplit(".", 1)
+        summary = lds_summary(np.load(file), losses, n_resamples, confidence, seed)
+        out.setdefault(method, {})[pooling] = {"lds": summary["lds"], "ci": summary["ci"]}
+    return out
+
+
+def _fmt_lds(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("lds") is None or math.isnan(entry["lds"]):
+        return "—"
+    low, high = entry["ci"]
+    return f"{100 * entry['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _fmt_number(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Methods as rows, LDS x100 (with its bootstrap interval) per pooling, then cost and classification."""
+    ceiling = results.get("noise_ceiling") or {}
+    accuracy = results.get("classification", {}).get("accuracy", {})
+    k = results.get("classification", {}).get("k")
+    lines = [
+        f"LDS x100 on `{results['labels']}`: {results['n_subsets']} subsets, {results['n_queries']} queries, "
+        f"{int(100 * results['confidence'])}% bootstrap intervals over queries.",
+        "",
+        f"| method | LDS sum | LDS attention | featurize s/example | bytes/example | task accuracy (top-{k}) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, poolings in results["methods"].items():
+        first = next(iter(poolings.values()))
+        acc = accuracy.get(name)
+        lines.append(
+            f"| {name} | {_fmt_lds(poolings.get('sum'))} | {_fmt_lds(poolings.get('attention'))} | "
+            f"{_fmt_number(first.get('featurize_seconds_per_example'))} | "
+            f"{_fmt_number(first.get('bytes_per_example'))} | {'—' if acc is None else f'{100 * acc:.1f}%'} |"
+        )
+    if ceiling.get("sqrt_r") is not None:
+        lines.append(
+            f"| noise ceiling sqrt(r) (r = {ceiling['r']:.3f}) | {100 * ceiling['sqrt_r']:.1f} | "
+            f"{100 * ceiling['sqrt_r']:.1f} | | | |"
+        )
+    for name, message in results.get("errors", {}).items():
+        lines.append(f"| {name} | failed: {message.splitlines()[0][:120]} | | | | |")
+    lines += ["", "Method details:", ""]
+    for name, details in results.get("method_details", {}).items():
+        lines.append(f"- **{name}**: {details.get('description', '')}")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars of LDS x100 per method and pooling with interval whiskers and the noise ceiling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["methods"])
+    width = 0.38
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
+    for offset, pooling in zip((-width / 2, width / 2), POOLINGS, strict=True):
+        values, low, high = [], [], []
+        for name in names:
+            entry = results["methods"][name].get(pooling) or {"lds": np.nan, "ci": [np.nan, np.nan]}
+            values.append(100 * entry["lds"])
+            low.append(100 * (entry["lds"] - entry["ci"][0]))
+            high.append(100 * (entry["ci"][1] - entry["lds"]))
+        positions = np.arange(len(names)) + offset
+        axis.bar(positions, values, width, yerr=[low, high], capsize=3, label=f"{pooling} pooling")
+    ceiling = (results.get("noise_ceiling") or {}).get("sqrt_r")
+    if ceiling is not None and not math.isnan(ceiling):
+        axis.axhline(100 * ceiling, color="black", linestyle="--", linewidth=1, label="noise ceiling sqrt(r)")
+    axis.axhline(0, color="grey", linewidth=0.6)
+    axis.set_xticks(np.arange(len(names)), names, rotation=20, ha="right")
+    axis.set_ylabel("LDS x100")
+    axis.set_title(
+        f"LDS on {Path(results['labels']).name} ({results['n_subsets']} subsets, {results['n_queries']} queries)"
+    )
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    os.replace(tmp, path)

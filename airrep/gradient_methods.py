@@ -1,0 +1,218 @@
+"""Gradient-based attribution baselines on the target LM: grad-dot, grad-cos, TracIn and LoGra.
+
+Every method here turns examples into feature vectors whose dot products are the method's
+example-to-example influence, so group scores pool exactly like AirRep's embeddings
+(:func:`modeling_airrep.group_influence`):
+
+- ``grad-dot``: per-example gradients of the fine-tuned target LM, randomly projected; the score
+  of (query, train) is the dot product of their projected gradients.
+- ``grad-cos``: the same, with unit-length rows.
+- ``tracin``: TracIn-CP (Pruthi et al., 2020): ``sum_c lr_c * g_q^c . g_i^c`` over the checkpoints
+  at the end of each fine-tuning epoch, ``lr_c`` the epoch's mean learning rate. Concatenating
+  ``sqrt(lr_c) * g^c`` over checkpoints turns that sum into one dot product.
+- ``logra``: LoGra (Choe et al., 2024): each ``nn.Linear``'s per-example gradient
+  ``sum_t delta_t x_t^T`` is projected with a Kronecker-factored random matrix,
+  ``P_out^T (sum_t delta_t x_t^T) P_in = sum_t (P_out^T delta_t)(P_in^T x_t)^T``, computed from
+  hooks without forming the full gradient; query gradients are preconditioned with the damped
+  inverse of each layer's empirical Fisher in the projected space.
+
+Per-example gradients are of the example's own loss, the mean cross-entropy over its response
+tokens (the loss the labels record). They come from ``torch.func`` (``vmap`` over ``grad``), and the
+random projection of the flattened gradient is scikit-learn's ``SparseRandomProjection``, a
+Johnson-Lindenstrauss map with about ``sqrt(n_params)`` non-zeros per output dimension, so it fits
+in memory at any model size. dattri was tried first (DESIGN.md section 5): its LoGra fails on HF
+Llama models, so these compact implementations stand in for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse
+import torch
+from sklearn.random_projection import SparseRandomProjection
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from airrep.target_lm import SFTExample, collate, response_losses
+
+GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
+
+Params = dict[str, torch.Tensor]
+
+
+def _batches(examples: Sequence[SFTExample], batch_size: int, desc: str):
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
+        yield examples[start : start + batch_size]
+
+
+def per_example_gradients(
+    model: torch.nn.Module, params: Params, examples: Sequence[SFTExample], pad_id: int
+) -> torch.Tensor:
+    """``(len(examples), n_params)``: the flattened gradient of each example's mean response loss.
+
+    Parameters are flattened in ``params`` order. ``model`` must use an attention implementation that
+    ``vmap`` supports (``"eager"``).
+    """
+    buffers = dict(model.named_buffers())
+    ids, labels = collate(examples, pad_id)
+
+    def example_loss(p: Params, one_ids: torch.Tensor, one_labels: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (p, buffers), (one_ids.unsqueeze(0),), {"use_cache": False}).logits
+        summed, count = response_losses(logits, one_labels.unsqueeze(0))
+        return summed[0] / count[0].clamp(min=1)
+
+    grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, ids, labels)
+    return torch.cat([grads[name].reshape(len(examples), -1) for name in params], dim=1)
+
+
+class GradientProjector:
+    """A seeded sparse Johnson-Lindenstrauss projection from ``n_features`` to ``dim`` numbers."""
+
+    def __init__(self, n_features: int, dim: int, seed: int = 0) -> None:
+        if dim < 1:
+            raise ValueError(f"the projection dimension must be at least 1, got {dim}")
+        self.projection = SparseRandomProjection(n_components=dim, random_state=seed, dense_output=True)
+        # fit() only reads the shape; an empty sparse matrix avoids allocating n_features floats.
+        self.projection.fit(scipy.sparse.csr_matrix((1, n_features), dtype=np.float32))
+        self.dim = dim
+
+    def __call__(self, gradients: torch.Tensor) -> np.ndarray:
+        return np.asarray(self.projection.transform(gradients.detach().cpu().numpy()), dtype=np.float32)
+
+    @property
+    def matrix(self) -> scipy.sparse.csr_matrix:
+        """``(dim, n_features)``: the projection, for checks against a direct computation."""
+        return self.projection.components_
+
+
+def projected_gradients(
+    model: torch.nn.Module,
+    params: Params,
+    examples: Sequence[SFTExample],
+    pad_id: int,
+    projector: GradientProjector,
+    batch_size: int = 16,
+    desc: str = "gradients",
+) -> np.ndarray:
+    """``(len(examples), projector.dim)`` float32: projected per-example gradients."""
+    params = {name: p.detach() for name, p in params.items()}
+    out = [
+        projector(per_example_gradients(model, params, batch, pad_id)) for batch in _batches(examples, batch_size, desc)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, projector.dim), dtype=np.float32)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1.0)
+
+
+def tracin_features(per_checkpoint: Sequence[np.ndarray], learning_rates: Sequence[float]) -> np.ndarray:
+    """Concatenate ``sqrt(lr_c) * g^c``, so that a dot product is ``sum_c lr_c * g_q^c . g_i^c``."""
+    parts = [
+        np.float32(np.sqrt(lr)) * g.astype(np.float32) for g, lr in zip(per_checkpoint, learning_rates, strict=True)
+    ]
+    return np.concatenate(parts, axis=1)
+
+
+class LoGra:
+    """LoGra's Kronecker-factored gradient projection over every ``nn.Linear`` of a model.
+
+    Args:
+        model: The target LM. Its ``nn.Linear`` modules (attention, MLP and the LM head) are the
+            layers whose gradients are projected.
+        rank: ``k``: each layer's gradient becomes ``k x k`` numbers (``P_out`` and ``P_in`` have
+            ``k`` columns each).
+        seed: Seed of the Gaussian projection matrices.
+        damping: Each layer's Fisher is damped by ``damping`` times its mean eigenvalue.
+    """
+
+    def __init__(self, model: torch.nn.Module, rank: int, seed: int = 0, damping: float = 0.1) -> None:
+        if rank < 1:
+            raise ValueError(f"the LoGra rank must be at least 1, got {rank}")
+        self.model, self.rank, self.damping = model, rank, damping
+        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no nn.Linear layer for LoGra to project")
+        generator = torch.Generator().manual_seed(seed)
+        self.projections = {
+            name: (
+                torch.randn(m.in_features, rank, generator=generator) / rank**0.5,
+                torch.randn(m.out_features, rank, generator=generator) / rank**0.5,
+            )
+            for name, m in self.layers.items()
+        }
+        self.inverse_fisher: list[np.ndarray] | None = None
+
+    @property
+    def dim(self) -> int:
+        return len(self.layers) * self.rank * self.rank
+
+    def features(
+        self, examples: Sequence[SFTExample], pad_id: int, batch_size: int = 16, desc: str = "LoGra gradients"
+    ) -> np.ndarray:
+        """``(len(examples), dim)`` float32: each layer's projected per-example gradient, layer after layer."""
+        out = []
+        for batch in _batches(examples, batch_size, desc):
+            out.append(self._batch_features(batch, pad_id))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def _batch_features(self, batch: Sequence[SFTExample], pad_id: int) -> np.ndarray:
+        inputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def capture(name: str):
+            def hook(_module, args, output):
+                inputs[name] = args[0].detach() @ self.projections[name][0].to(args[0].dtype)
+                outputs[name] = output
+
+            return hook
+
+        handles = [m.register_forward_hook(capture(name)) for name, m in self.layers.items()]
+        try:
+            ids, labels = collate(batch, pad_id)
+            device = next(self.model.parameters()).device
+            logits = self.model(input_ids=ids.to(device), use_cache=False).logits
+            summed, counts = response_losses(logits, labels.to(device))
+            # Examples do not interact, so the gradient of the sum w.r.t. each example's activations is
+            # that example's own gradient. Only activation gradients are asked for: no weight gradient
+            # is formed.
+            loss = (summed / counts.clamp(min=1)).sum()
+            names = list(self.layers)
+            deltas = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        blocks = []
+        for name, delta in zip(names, deltas, strict=True):
+            x = inputs[name]
+            if delta is None:
+                blocks.append(torch.zeros(len(batch), self.rank * self.rank))
+                continue
+            d = delta @ self.projections[name][1].to(delta.dtype)
+            # (batch, tokens, k_out) x (batch, tokens, k_in) -> (batch, k_out, k_in)
+            blocks.append(torch.einsum("bto,bti->boi", d, x).reshape(len(batch), -1))
+        return torch.cat(blocks, dim=1).float().cpu().numpy()
+
+    def fit_fisher(self, train_features: np.ndarray) -> None:
+        """The damped inverse of each layer's empirical Fisher ``G^T G / n`` over training gradients."""
+        width = self.rank * self.rank
+        self.inverse_fisher = []
+        for layer in range(len(self.layers)):
+            g = train_features[:, layer * width : (layer + 1) * width].astype(np.float64)
+            fisher = g.T @ g / max(len(g), 1)
+            damping = self.damping * max(np.trace(fisher) / width, np.finfo(np.float64).tiny)
+            self.inverse_fisher.append(np.linalg.inv(fisher + damping * np.eye(width)))
+
+    def precondition(self, query_features: np.ndarray) -> np.ndarray:
+        """Query features times the block-diagonal inverse Fisher; dot them with raw training features."""
+        if self.inverse_fisher is None:
+            raise RuntimeError("call fit_fisher() on the training features first")
+        width = self.rank * self.rank
+        blocks = [
+            query_features[:, i * width : (i + 1) * width].astype(np.float64) @ inverse
+            for i, inverse in enumerate(self.inverse_fisher)
+        ]
+        return np.concatenate(blocks, axis=1).astype(np.float32)
