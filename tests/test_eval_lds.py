@@ -1,0 +1,167 @@
+"""eval_lds.py on smoke labels: every method, the report folder, recomputation from the saved score
+matrices, resuming, a failing method, and clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from airrep.eval_report import recompute_lds
+from airrep.training_data import LabelsFormatError
+from eval_lds import METHODS, EvalArguments, Featurized, base_normalises, classify, load_eval_data, main, run
+from generate_labels import LabelArguments
+from generate_labels import run as generate
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory):
+    work = tmp_path_factory.mktemp("eval")
+    for mode in ("lds", "train"):
+        generate(LabelArguments(output_dir=str(work / f"labels-{mode}"), preset="smoke", mode=mode))
+    return work
+
+
+@pytest.fixture(scope="module")
+def report(labels, saved_folder):
+    folder = labels / "report"
+    results = run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)]))
+    return folder, results
+
+
+def test_every_method_and_pooling_is_reported(report):
+    folder, results = report
+    assert results["errors"] == {}
+    assert list(results["methods"]) == list(METHODS)
+    for name, poolings in results["methods"].items():
+        assert set(poolings) == {"sum", "attention"}
+        for pooling, entry in poolings.items():
+            assert set(entry) >= {"lds", "ci", "featurize_seconds_per_example", "query_seconds", "bytes_per_example"}
+            assert entry["ci"][0] <= entry["lds"] <= entry["ci"][1]
+            assert entry["bytes_per_example"] > 0 and entry["featurize_seconds_per_example"] > 0
+            scores = np.load(folder / "scores" / f"{name}.{pooling}.npy")
+            assert scores.shape == (results["n_subsets"], results["n_queries"])
+        assert 0 <= results["classification"]["accuracy"][name] <= 1
+    ceiling = results["noise_ceiling"]
+    assert ceiling["sqrt_r"] == pytest.approx(np.sqrt(max(ceiling["r"], 0)))
+    table = (folder / "results.md").read_text()
+    assert "| logra |" in table and "noise ceiling sqrt(r)" in table
+    assert (folder / "lds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((folder / "results.json").read_text())
+    assert on_disk["methods"] == results["methods"]
+
+
+def test_results_are_recomputed_from_the_saved_score_matrices(report, labels):
+    folder, results = report
+    data = load_eval_data(str(labels / "labels-lds"))
+    recomputed = recompute_lds(folder, data.losses, n_resamples=results["settings"]["bootstrap_resamples"])
+    for name, poolings in results["methods"].items():
+        for pooling, entry in poolings.items():
+            assert recomputed[name][pooling]["lds"] == pytest.approx(entry["lds"], abs=1e-12)
+            assert recomputed[name][pooling]["ci"] == pytest.approx(entry["ci"], abs=1e-12)
+
+
+def test_base_encoder_is_used_as_its_pipeline_intends(saved_folder):
+    # The bundled MiniLM's sentence-transformers pipeline ends with Normalize; an AirRep checkpoint's does not.
+    assert base_normalises(None)
+    assert not base_normalises(str(saved_folder))
+
+
+def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(report, labels, saved_folder, caplog):
+    folder, results = report
+    before = {f.name: f.stat().st_mtime_ns for f in (folder / "scores").iterdir()}
+    again = run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)]))
+    assert {f.name: f.stat().st_mtime_ns for f in (folder / "scores").iterdir()} == before
+    assert again["methods"] == results["methods"]
+    with pytest.raises(ValueError, match="other settings"):
+        run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)],
+                          projection_dim=32))  # fmt: skip
+
+
+def test_a_failing_method_keeps_the_others(labels, tmp_path):
+    folder = tmp_path / "report"
+    argv = ["--labels", str(labels / "labels-lds"), "--output_dir", str(folder), "--methods", "tfidf", "grad-dot",
+            "bm25", "--target_lm", str(tmp_path / "no-such-model")]  # fmt: skip
+    assert main(argv) == 1
+    results = json.loads((folder / "results.json").read_text())
+    assert list(results["methods"]) == ["tfidf", "bm25"]
+    assert "no-such-model" in results["errors"]["grad-dot"]
+    assert "grad-dot | failed" in (folder / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"methods": ["airrep", "gradcam"]}, ValueError, r"unknown method\(s\) \['gradcam'\]"),
+        ({"methods": ["airrep"]}, ValueError, "needs at least one checkpoint"),
+        ({"methods": ["bm25"], "model": ["x"]}, ValueError, "--model applies only to method 'airrep'"),
+        ({"methods": ["bm25", "airrep"], "poolings": ["max"]}, ValueError, "--poolings must be"),
+        (
+            {"methods": ["bm25", "tfidf"], "projection_dim": 8},
+            ValueError,
+            "--projection_dim apply only to the gradient",
+        ),
+        ({"methods": ["grad-dot"], "logra_rank": 2}, ValueError, "--logra_rank applies only to method 'logra'"),
+        ({"methods": ["bm25"], "base_encoder": "x"}, ValueError, "--base_encoder applies only"),
+        ({"model": ["{missing}"]}, ValueError, "cannot load AirRep checkpoint"),
+        ({"model": ["{target_lm}"]}, ValueError, "not an AirRep checkpoint: its config.json has model_type 'llama'"),
+        ({"labels": "{train_labels}"}, LabelsFormatError, "'train'-mode labels; LDS is measured on 'lds'-mode"),
+        ({"labels": "{missing}"}, FileNotFoundError, "not a folder, and no dataset repo"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(labels, tmp_path, overrides, error, message):
+    places = {"missing": str(tmp_path / "missing"), "target_lm": str(labels / "target-lm"),
+              "train_labels": str(labels / "labels-train")}  # fmt: skip
+    arguments = {"labels": str(labels / "labels-lds"), "output_dir": str(tmp_path / "out")}
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            value = value.format(**places)
+        elif isinstance(value, list):
+            value = [v.format(**places) for v in value]
+        arguments[key] = value
+    with pytest.raises(error, match=message):
+        run(EvalArguments(**arguments))
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_classification_vote_and_tie_break():
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.9, 0.8]])
+    pool_tasks = ["a", "b", "b", "a"]
+    # Query 0: top-3 votes a, b, b -> b (wrong); query 1: top-2 is b (0.9), a (0.8): a tie goes to b.
+    assert classify(scores, pool_tasks, ["a", "b"], k=3) == 0.5
+    assert classify(scores, pool_tasks, ["a", "b"], k=2) == 1.0  # query 0: a (0.9) and b tie -> a
+
+
+def test_score_matrix_methods_pool_like_embedding_methods():
+    rng = np.random.default_rng(0)
+    query, pool = rng.normal(size=(4, 6)).astype(np.float32), rng.normal(size=(10, 6)).astype(np.float32)
+    subsets = [np.array([0, 3, 4]), np.array([1, 2, 5, 9]), np.array([7])]
+    dense = Featurized("x", "", 1.0, 1.0, query=query, pool=pool)
+    matrix = Featurized("x", "", 1.0, 1.0, scores=query @ pool.T)
+    for pooling in ("sum", "attention"):
+        np.testing.assert_allclose(matrix.group_scores(subsets, pooling), dense.group_scores(subsets, pooling),
+                                   rtol=1e-5)  # fmt: skip
+    s = (query @ pool.T)[:, subsets[1]]
+    weights = np.exp(np.abs(s)) / np.exp(np.abs(s)).sum(1, keepdims=True)
+    np.testing.assert_allclose(matrix.group_scores(subsets, "attention")[1], (weights * s).sum(1), rtol=1e-5)
+
+
+def test_labels_load_by_repo_id_from_an_offline_hub_cache(labels, tmp_path):
+    from airrep.hub import install_in_offline_cache
+
+    cache = tmp_path / "hub"
+    install_in_offline_cache(labels / "labels-lds", "org/airrep-labels-smoke", cache, repo_type="dataset")
+    code = (
+        "from eval_lds import load_eval_data; d = load_eval_data('org/airrep-labels-smoke'); "
+        "print(d.losses.shape, d.summary['mode'])"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
+                          cwd=Path(__file__).parents[1])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "lds"
+    expected = load_eval_data(str(labels / "labels-lds")).losses.shape
+    assert done.stdout.strip().startswith(str(expected))
