@@ -75,7 +75,8 @@ def write_card(
 ) -> None:
     card = ModelCard.load(folder / "README.md")
     data: ModelCardData = card.data
-    data.datasets = [args.labels]
+    if not Path(args.labels).exists():  # a Hub id; a local folder's path means nothing on the Hub
+        data.datasets = [args.labels]
     results = [
         EvalResult(task_type="feature-extraction", dataset_type=args.labels,
                    dataset_name=f"{args.labels} (validation splits)", metric_type="lds",

@@ -1,0 +1,281 @@
+"""AirRep attribution explorer: paste a model output, see which training examples explain it.
+
+Runs on a Hugging Face Space with nothing but this folder: the model is loaded with
+``AutoModel.from_pretrained(AIRREP_MODEL, trust_remote_code=True)``, and the text format, top-k and
+group influence all come from the checkpoint's own code.
+
+    AIRREP_MODEL=out/demo/model python space/app.py
+
+Environment:
+    AIRREP_MODEL           checkpoint folder or Hub id (default org/airrep-small-flan)
+    AIRREP_MAX_CORPUS      most corpus examples accepted (default 20000)
+    AIRREP_MAX_TEXT_CHARS  longest query or corpus text, in characters (default 4000)
+    AIRREP_CONCURRENCY     requests worked on at once; the rest wait in the queue (default 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from transformers import AutoModel
+
+MODEL_ID = os.environ.get("AIRREP_MODEL", "org/airrep-small-flan")
+MAX_CORPUS = int(os.environ.get("AIRREP_MAX_CORPUS", "20000"))
+MAX_TEXT_CHARS = int(os.environ.get("AIRREP_MAX_TEXT_CHARS", "4000"))
+CONCURRENCY = int(os.environ.get("AIRREP_CONCURRENCY", "2"))
+MAX_K = 50
+BUILTIN_POOL = Path(__file__).with_name("builtin_pool.parquet")
+SOURCES = ("Built-in corpus", "Uploaded file", "Labels dataset pool")
+DISPLAY_CHARS = 300
+
+
+class LRU:
+    """A small thread-safe least-recently-used cache whose values are built once per key."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.key_locks: dict[Any, threading.Lock] = {}
+
+    def get(self, key: Any, build) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+            key_lock = self.key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # concurrent requests for one corpus wait for a single computation
+            with self.lock:
+                if key in self.items:
+                    return self.items[key]
+            value = build()
+            with self.lock:
+                self.items[key] = value
+                while len(self.items) > self.size:
+                    self.items.popitem(last=False)
+                self.key_locks.pop(key, None)
+            return value
+
+
+MODELS, CORPORA, EMBEDDINGS = LRU(2), LRU(8), LRU(8)
+
+
+def load_model(model_id: str):
+    model_id = (model_id or "").strip() or MODEL_ID
+
+    def build():
+        try:
+            return AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
+        except Exception as error:  # noqa: BLE001 - any failure is reported to the user the same way
+            raise gr.Error(f"Could not load the model {model_id!r}: {type(error).__name__}: {error}") from None
+
+    return model_id, MODELS.get(model_id, build)
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def _read_upload(path: str) -> pd.DataFrame:
+    name = Path(path).name
+    suffix = Path(path).suffix.lower()
+    readers = {".jsonl": lambda: pd.read_json(path, lines=True), ".json": lambda: _read_json(path),
+               ".csv": lambda: pd.read_csv(path), ".parquet": lambda: pd.read_parquet(path)}  # fmt: skip
+    if suffix not in readers:
+        raise gr.Error(f"{name}: unsupported file type {suffix or '(none)'}; upload .jsonl, .json, .csv or .parquet")
+    if os.path.getsize(path) == 0:
+        raise gr.Error(f"{name} is empty")
+    try:
+        return readers[suffix]()
+    except Exception as error:  # noqa: BLE001 - pandas raises many types for malformed files
+        raise gr.Error(f"{name} could not be read as {suffix[1:].upper()}: {error}") from None
+
+
+def _read_json(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_json(path)
+    except ValueError:
+        return pd.read_json(path, lines=True)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    records = frame.to_dict(orient="records")
+    # CSV and parquet turn missing values into NaN; a missing field is simply absent.
+    return [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))} for r in records]
+
+
+def load_corpus(source: str, upload: str | None, labels_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """``(key, records)`` of the chosen corpus; ``key`` names its contents for the embeddings cache."""
+    if source == SOURCES[0]:
+        return "builtin", CORPORA.get("builtin", lambda: _records(pd.read_parquet(BUILTIN_POOL)))
+    if source == SOURCES[1]:
+        if not upload:
+            raise gr.Error("Choose a file to upload, or pick another corpus source")
+        path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return f"upload:{digest}", CORPORA.get(f"upload:{digest}", lambda: _records(_read_upload(path)))
+    if source == SOURCES[2]:
+        labels_id = (labels_id or "").strip()
+        if not labels_id:
+            raise gr.Error("Enter a labels dataset (folder or Hub id) whose 'pool' to search")
+
+        def build():
+            from datasets import load_dataset
+
+            try:
+                return load_dataset(labels_id, "pool", split="train").to_list()
+            except Exception as error:  # noqa: BLE001
+                raise gr.Error(f"Could not load the 'pool' of {labels_id!r}: {type(error).__name__}: {error}") from None
+
+        return f"labels:{labels_id}", CORPORA.get(f"labels:{labels_id}", build)
+    raise gr.Error(f"Unknown corpus source {source!r}; choose one of {', '.join(SOURCES)}")
+
+
+def corpus_texts(model, records: list[dict[str, Any]]) -> list[str]:
+    """The texts the model sees, with the limits checked; an unusable record is named."""
+    if not records:
+        raise gr.Error("The corpus has no examples")
+    if len(records) > MAX_CORPUS:
+        raise gr.Error(f"The corpus has {len(records):,} examples; this Space accepts at most {MAX_CORPUS:,}")
+    texts = []
+    for index, record in enumerate(records):
+        # A record that carries a formatted 'text' beside its fields (a labels pool) is read by its fields.
+        fields = {k: v for k, v in record.items() if k != "text"} if len(record) > 1 and "text" in record else record
+        try:
+            text = model.config.format_text(fields, index=index)
+        except ValueError as error:
+            raise gr.Error(f"Corpus record {index} cannot be used: {error}") from None
+        if len(text) > MAX_TEXT_CHARS:
+            raise gr.Error(f"Corpus record {index} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        texts.append(text)
+    return texts
+
+
+def query_input(prompt: str, response: str, free_text: str) -> str | dict[str, str]:
+    prompt, response, free_text = (prompt or "").strip(), (response or "").strip(), (free_text or "").strip()
+    if free_text:
+        query: str | dict[str, str] = free_text
+    elif response:
+        query = {"prompt": prompt, "response": response} if prompt else response
+    elif prompt:
+        raise gr.Error("Add the model's response to the prompt, or use the free-text box")
+    else:
+        raise gr.Error("Enter a query: a prompt and a response, or free text")
+    length = len(query) if isinstance(query, str) else len(prompt) + len(response)
+    if length > MAX_TEXT_CHARS:
+        raise gr.Error(f"The query has {length:,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    return query
+
+
+def parse_indices(text: str, n: int) -> list[int]:
+    values = []
+    for part in (text or "").replace(",", " ").split():
+        try:
+            value = int(part)
+        except ValueError:
+            raise gr.Error(f"Group indices must be whole numbers; {part!r} is not") from None
+        if not 0 <= value < n:
+            raise gr.Error(f"Index {value} is out of range: the corpus has {n:,} examples (0 to {n - 1:,})")
+        values.append(value)
+    return values
+
+
+# ----------------------------------------------------------------------------- the endpoint
+
+
+def attribute(
+    prompt: str,
+    response: str,
+    free_text: str,
+    k: float,
+    source: str,
+    upload: str | None,
+    labels_id: str,
+    group_task: str,
+    group_indices: str,
+    model_id: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
+    """Top-k training examples for a query, a bar plot of their scores, and the influence of one group."""
+    query = query_input(prompt, response, free_text)
+    k = int(k or 10)
+    if not 1 <= k <= MAX_K:
+        raise gr.Error(f"k must be between 1 and {MAX_K}")
+    model_id, model = load_model(model_id)
+    key, records = load_corpus(source, upload, labels_id)
+    texts = corpus_texts(model, records)
+    corpus = EMBEDDINGS.get((model_id, key), lambda: model.encode(texts, batch_size=32))
+    q = model.encode([query], batch_size=1)
+    scores, indices = model.top_k(q, corpus, k=min(k, len(texts)))
+    rows = []
+    for rank, (score, index) in enumerate(zip(scores[0].tolist(), indices[0].tolist(), strict=True), start=1):
+        text = texts[index]
+        rows.append({"rank": rank, "score": round(float(score), 4), "index": int(index),
+                     "task": str(records[index].get("task", "")),
+                     "text": text if len(text) <= DISPLAY_CHARS else text[:DISPLAY_CHARS] + "…"})  # fmt: skip
+    table = pd.DataFrame(rows, columns=["rank", "score", "index", "task", "text"])
+    plot = pd.DataFrame({"example": [f"#{r['rank']} (row {r['index']})" for r in rows],
+                         "score": [r["score"] for r in rows]})  # fmt: skip
+
+    groups = []
+    task = (group_task or "").strip()
+    if task:
+        members = [i for i, r in enumerate(records) if str(r.get("task", "")) == task]
+        if not members:
+            known = sorted({str(r["task"]) for r in records if "task" in r})
+            hint = f"; tasks here: {', '.join(known[:20])}" if known else "; this corpus has no 'task' column"
+            raise gr.Error(f"No corpus example has task {task!r}{hint}")
+        groups.append((f"task = {task}", members))
+    if (group_indices or "").strip():
+        groups.append(("listed indices", parse_indices(group_indices, len(texts))))
+    group_rows = []
+    for name, members in groups:
+        attention = float(model.group_influence(q, corpus, [members], pooling="attention")[0, 0])
+        total = float(model.group_influence(q, corpus, [members], pooling="sum")[0, 0])
+        group_rows.append({"group": name, "size": len(members), "attention": round(attention, 4),
+                           "sum": round(total, 4)})  # fmt: skip
+    group_table = pd.DataFrame(group_rows, columns=["group", "size", "attention", "sum"])
+    status = f"Model `{model_id}` · corpus of {len(texts):,} examples · top {len(rows)} shown"
+    return table, plot, group_table, status
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="AirRep attribution explorer") as demo:
+        gr.Markdown(
+            "# AirRep attribution explorer\n"
+            "Which training examples explain a model's output? AirRep embeds the query and every training "
+            "example; the dot product of two embeddings predicts how much training on the example lowers the "
+            "query's loss. Groups are scored with attention pooling (AirRep's) and sum pooling side by side."
+        )
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                response = gr.Textbox(label="Response (the model output to explain)", lines=2, elem_id="response")
+                free_text = gr.Textbox(label="…or free text", lines=2, elem_id="free-text")
+                k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
+            with gr.Column():
+                source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Corpus")
+                upload = gr.File(label="JSONL, CSV or parquet file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                                 type="filepath")  # fmt: skip
+                labels_id = gr.Textbox(label="Labels dataset (folder or Hub id)")
+                group_task = gr.Textbox(label="Group: all examples of task", elem_id="group-task")
+                group_indices = gr.Textbox(label="Group: row indices (e.g. 3, 17, 42)")
+                model_id = gr.Textbox(label="AirRep model (folder or Hub id)", value=MODEL_ID)
+        run = gr.Button("Attribute", variant="primary", elem_id="attribute")
+        status = gr.Markdown()
+        table = gr.Dataframe(label="Top training examples", elem_id="results", wrap=True)
+        plot = gr.BarPlot(x="example", y="score", label="Scores", sort="y")
+        group_table = gr.Dataframe(label="Group influence (attention and sum pooling)")
+        inputs = [prompt, response, free_text, k, source, upload, labels_id, group_task, group_indices, model_id]
+        run.click(attribute, inputs, [table, plot, group_table, status], api_name="attribute")
+    return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    demo.launch()
