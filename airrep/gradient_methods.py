@@ -43,9 +43,14 @@ GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
 Params = dict[str, torch.Tensor]
 
 
-def _batches(examples: Sequence[SFTExample], batch_size: int, desc: str):
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
-        yield examples[start : start + batch_size]
+def _sorted_batches(examples: Sequence[SFTExample], batch_size: int, featurize, desc: str, dim: int) -> np.ndarray:
+    """``featurize`` over batches of similar length (longest first, so little padding), in input order."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    out = np.zeros((len(examples), dim), dtype=np.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        rows = order[start : start + batch_size]
+        out[rows] = featurize([examples[i] for i in rows])
+    return out
 
 
 def per_example_gradients(
@@ -99,10 +104,11 @@ def projected_gradients(
 ) -> np.ndarray:
     """``(len(examples), projector.dim)`` float32: projected per-example gradients."""
     params = {name: p.detach() for name, p in params.items()}
-    out = [
-        projector(per_example_gradients(model, params, batch, pad_id)) for batch in _batches(examples, batch_size, desc)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, projector.dim), dtype=np.float32)
+
+    def featurize(batch: list[SFTExample]) -> np.ndarray:
+        return projector(per_example_gradients(model, params, batch, pad_id))
+
+    return _sorted_batches(examples, batch_size, featurize, desc, projector.dim)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -155,10 +161,7 @@ class LoGra:
         self, examples: Sequence[SFTExample], pad_id: int, batch_size: int = 16, desc: str = "LoGra gradients"
     ) -> np.ndarray:
         """``(len(examples), dim)`` float32: each layer's projected per-example gradient, layer after layer."""
-        out = []
-        for batch in _batches(examples, batch_size, desc):
-            out.append(self._batch_features(batch, pad_id))
-        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+        return _sorted_batches(examples, batch_size, lambda batch: self._batch_features(batch, pad_id), desc, self.dim)
 
     def _batch_features(self, batch: Sequence[SFTExample], pad_id: int) -> np.ndarray:
         inputs: dict[str, torch.Tensor] = {}

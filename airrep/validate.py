@@ -1,9 +1,10 @@
-"""Check a folder before ``hf upload``: the files its kind of repo needs, ``auto_map``, the card
+r"""Check a folder before ``hf upload``: the files its kind of repo needs, ``auto_map``, the card
 metadata, and that it loads offline with nothing but its own files.
 
-    python -m airrep.validate model   out/demo/model       && hf upload ORG/airrep-small-demo out/demo/model
-    python -m airrep.validate dataset out/demo/labels-lds  && hf upload ORG/airrep-labels-demo out/demo/labels-lds --repo-type dataset
-    python -m airrep.validate space   space                && hf upload ORG/airrep-explorer space --repo-type space
+    python -m airrep.validate model out/demo/model && hf upload ORG/airrep-small-demo out/demo/model
+    python -m airrep.validate dataset out/demo/labels-lds \
+        && hf upload ORG/airrep-labels-demo out/demo/labels-lds --repo-type dataset
+    python -m airrep.validate space space && hf upload ORG/airrep-explorer space --repo-type space
 
 Every problem found is listed (not just the first), and the exit status is 1 when there is any.
 The loading checks run in a fresh Python process, in an empty working directory, with the Hub

@@ -72,7 +72,7 @@ def load_model(model_id: str):
     def build():
         try:
             return AutoModel.from_pretrained(model_id, trust_remote_code=True).eval()
-        except Exception as error:  # noqa: BLE001 - any failure is reported to the user the same way
+        except Exception as error:
             raise gr.Error(f"Could not load the model {model_id!r}: {type(error).__name__}: {error}") from None
 
     return model_id, MODELS.get(model_id, build)
@@ -92,7 +92,7 @@ def _read_upload(path: str) -> pd.DataFrame:
         raise gr.Error(f"{name} is empty")
     try:
         return readers[suffix]()
-    except Exception as error:  # noqa: BLE001 - pandas raises many types for malformed files
+    except Exception as error:
         raise gr.Error(f"{name} could not be read as {suffix[1:].upper()}: {error}") from None
 
 
@@ -129,7 +129,7 @@ def load_corpus(source: str, upload: str | None, labels_id: str) -> tuple[str, l
 
             try:
                 return load_dataset(labels_id, "pool", split="train").to_list()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise gr.Error(f"Could not load the 'pool' of {labels_id!r}: {type(error).__name__}: {error}") from None
 
         return f"labels:{labels_id}", CORPORA.get(f"labels:{labels_id}", build)

@@ -1,0 +1,199 @@
+"""The Gradio Space, served for real: called through gradio_client, driven in Debian's chromium by
+playwright, and under 8 concurrent clients. Answers are checked against the model computed directly."""
+
+import importlib.util
+import os
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from airrep.space_corpus import BUILTIN_POOL, builtin_pool_records
+from configuration_airrep import format_text
+
+SPACE = Path(__file__).parents[1] / "space"
+QUERIES = [("What is 12 plus 30?", "42"), ("Reverse the word 'planet'.", "tenalp"),
+           ("Convert 15 Celsius to Fahrenheit.", "59"), ("What is the capital of France?", "Paris"),
+           ("Sort these numbers: 5, 2, 9.", "2, 5, 9"), ("How many vowels are in 'banana'?", "3"),
+           ("What is 7 times 8?", "56"), ("Is 'level' a palindrome?", "yes")]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(saved_folder):
+    os.environ["AIRREP_MODEL"] = str(saved_folder)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    spec = importlib.util.spec_from_file_location("space_app", SPACE / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    yield module
+    module.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.demo.local_url, verbose=False)
+
+
+def call(client, prompt="", response="", free_text="", k=5, source="Built-in corpus", upload=None, labels="",
+         task="", indices="", model=""):  # fmt: skip
+    from gradio_client import handle_file
+
+    upload = handle_file(str(upload)) if upload else None
+    return client.predict(prompt, response, free_text, k, source, upload, labels, task, indices, model,
+                          api_name="/attribute")  # fmt: skip
+
+
+def rows(table) -> pd.DataFrame:
+    return pd.DataFrame(table["data"], columns=table["headers"])
+
+
+@pytest.fixture(scope="module")
+def expected(model):
+    """Top-5 rows and group scores computed directly with the model, for each query."""
+    records = builtin_pool_records()
+    corpus = model.encode([format_text(r) for r in records], batch_size=64)
+
+    def top(prompt, response, k=5, task=None):
+        query = model.encode([{"prompt": prompt, "response": response}])
+        scores, indices = model.top_k(query, corpus, k)
+        groups = None
+        if task:
+            members = [i for i, r in enumerate(records) if r["task"] == task]
+            groups = {p: float(model.group_influence(query, corpus, [members], pooling=p)[0, 0])
+                      for p in ("attention", "sum")}  # fmt: skip
+        return indices[0].tolist(), scores[0].tolist(), groups
+
+    return top
+
+
+def test_bundled_pool_is_the_demo_corpus_pool():
+    bundled = pd.read_parquet(BUILTIN_POOL).to_dict(orient="records")
+    assert bundled == builtin_pool_records()
+
+
+def test_attribute_returns_ranked_rows_and_group_scores(client, expected):
+    table, plot, groups, status = call(client, *QUERIES[0], task="add", indices="0, 5, 999")
+    top = rows(table)
+    indices, scores, group_scores = expected(*QUERIES[0], task="add")
+    assert top["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert top["index"].tolist() == indices
+    np.testing.assert_allclose(top["score"], scores, atol=1e-3)
+    assert (np.diff(top["score"]) <= 0).all()
+    assert len(rows(plot)) == 5
+    group_rows = rows(groups)
+    assert group_rows["group"].tolist() == ["task = add", "listed indices"]
+    assert group_rows.loc[1, "size"] == 3
+    np.testing.assert_allclose(group_rows.loc[0, ["attention", "sum"]].astype(float),
+                               [group_scores["attention"], group_scores["sum"]], rtol=1e-3)  # fmt: skip
+    assert "corpus of 1,000 examples" in status
+
+
+def test_uploaded_files_and_labels_pools_are_corpora(client, tmp_path):
+    records = [{"instruction": "Add 2 and 3.", "input": "", "output": "5"},
+               {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+               {"prompt": "Capital of Italy?", "response": "Rome"}]  # fmt: skip
+    jsonl = tmp_path / "mixed.jsonl"
+    pd.DataFrame(records).to_json(jsonl, orient="records", lines=True)
+    top = rows(call(client, "What is 2 plus 3?", "5", source="Uploaded file", upload=jsonl, k=3)[0])
+    assert sorted(top["index"]) == [0, 1, 2]
+    csv = tmp_path / "pairs.csv"
+    pd.DataFrame([{"prompt": f"q{i}", "response": f"a{i}"} for i in range(4)]).to_csv(csv, index=False)
+    assert len(rows(call(client, free_text="a2", source="Uploaded file", upload=csv, k=2)[0])) == 2
+    parquet = tmp_path / "pool.parquet"
+    pd.DataFrame({"text": ["alpha", "beta", "gamma"]}).to_parquet(parquet)
+    assert len(rows(call(client, free_text="beta", source="Uploaded file", upload=parquet, k=3)[0])) == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "Enter a query"),
+        ({"prompt": "What is 2 plus 2?"}, "Add the model's response"),
+        ({"free_text": "x", "model": "/no/such/model"}, "Could not load the model '/no/such/model'"),
+        ({"free_text": "x", "indices": "1, 1000"}, "Index 1000 is out of range: the corpus has 1,000 examples"),
+        ({"free_text": "x", "indices": "1, two"}, "Group indices must be whole numbers"),
+        ({"free_text": "x", "task": "astrology"}, "No corpus example has task 'astrology'"),
+        ({"free_text": "x", "source": "Uploaded file"}, "Choose a file to upload"),
+        ({"free_text": "x" * 5000}, "The query has 5,000 characters; the limit is 4,000"),
+        ({"free_text": "x", "source": "Labels dataset pool", "labels": "/no/such/labels"}, "Could not load the 'pool'"),
+    ],
+)
+def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        call(client, **kwargs)
+    assert len(rows(call(client, *QUERIES[1], k=2)[0])) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", b"", "empty.jsonl is empty"),
+        ("broken.jsonl", b'{"prompt": "a", "response": ', "broken.jsonl could not be read as JSONL"),
+        ("odd.jsonl", b'{"prompt": "a", "response": "b"}\n{"question": "c"}\n', "Corpus record 1 cannot be used"),
+        ("notes.txt", b"hello", "unsupported file type .txt"),
+        ("nothing.csv", b"prompt,response\n", "The corpus has no examples"),
+    ],
+)
+def test_bad_uploads_are_named(client, tmp_path, name, content, message):
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        call(client, free_text="x", source="Uploaded file", upload=path)
+
+
+def test_oversize_corpus_is_refused(client, app, monkeypatch):
+    from gradio_client.exceptions import AppError
+
+    monkeypatch.setattr(app, "MAX_CORPUS", 100)
+    with pytest.raises(AppError, match="The corpus has 1,000 examples; this Space accepts at most 100"):
+        call(client, free_text="x")
+
+
+def test_eight_concurrent_clients_get_their_own_correct_answers(app, expected):
+    from gradio_client import Client
+
+    def one(query):
+        return rows(call(Client(app.demo.local_url, verbose=False), *query)[0])["index"].tolist()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, QUERIES))
+    assert answers == [expected(*q)[0] for q in QUERIES]
+
+
+def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    shots = Path(os.environ.get("AIRREP_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app.demo.local_url)
+        page.locator("#prompt textarea").fill(QUERIES[0][0])
+        page.locator("#response textarea").fill(QUERIES[0][1])
+        page.locator("#attribute").click()
+        results = page.locator("#results")
+        indices, _, _ = expected(*QUERIES[0])
+        first_text = format_text(builtin_pool_records()[indices[0]])[:40]
+        expect(results).to_contain_text(first_text.split("\n")[0], timeout=60_000)
+        page.screenshot(path=str(shots / "space.png"), full_page=True)
+        browser.close()
+    assert (shots / "space.png").stat().st_size > 10_000
