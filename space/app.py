@@ -15,7 +15,9 @@ Environment:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 from transformers import AutoModel
 
@@ -81,44 +82,71 @@ def load_model(model_id: str):
 # ----------------------------------------------------------------------------- corpora
 
 
-def _read_upload(path: str) -> pd.DataFrame:
-    name = Path(path).name
-    suffix = Path(path).suffix.lower()
-    readers = {".jsonl": lambda: pd.read_json(path, lines=True), ".json": lambda: _read_json(path),
-               ".csv": lambda: pd.read_csv(path), ".parquet": lambda: pd.read_parquet(path)}  # fmt: skip
-    if suffix not in readers:
+def _read_jsonl(path: str) -> list[Any]:
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"line {number}: {error}") from None
+    return records
+
+
+def _read_json(path: str) -> list[Any]:
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_jsonl(path)  # JSON Lines saved as .json
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise ValueError("expected a list of records (or JSON Lines)")
+    return data
+
+
+def _read_csv(path: str) -> list[Any]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_parquet(path: str) -> list[Any]:
+    import pyarrow.parquet
+
+    return pyarrow.parquet.read_table(path).to_pylist()
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def read_records(path: str | Path) -> list[Any]:
+    """Records of a JSONL, JSON, CSV or parquet file, exactly as stored (no type inference)."""
+    name, suffix = Path(path).name, Path(path).suffix.lower()
+    if suffix not in READERS:
         raise gr.Error(f"{name}: unsupported file type {suffix or '(none)'}; upload .jsonl, .json, .csv or .parquet")
     if os.path.getsize(path) == 0:
         raise gr.Error(f"{name} is empty")
     try:
-        return readers[suffix]()
+        records = READERS[suffix](str(path))
     except Exception as error:
         raise gr.Error(f"{name} could not be read as {suffix[1:].upper()}: {error}") from None
-
-
-def _read_json(path: str) -> pd.DataFrame:
-    try:
-        return pd.read_json(path)
-    except ValueError:
-        return pd.read_json(path, lines=True)
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    records = frame.to_dict(orient="records")
-    # CSV and parquet turn missing values into NaN; a missing field is simply absent.
-    return [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))} for r in records]
+    # Columnar formats give every record every column; a field a record lacks is absent, not None.
+    return [{k: v for k, v in r.items() if v is not None} if isinstance(r, dict) else r for r in records]
 
 
 def load_corpus(source: str, upload: str | None, labels_id: str) -> tuple[str, list[dict[str, Any]]]:
     """``(key, records)`` of the chosen corpus; ``key`` names its contents for the embeddings cache."""
     if source == SOURCES[0]:
-        return "builtin", CORPORA.get("builtin", lambda: _records(pd.read_parquet(BUILTIN_POOL)))
+        return "builtin", CORPORA.get("builtin", lambda: read_records(BUILTIN_POOL))
     if source == SOURCES[1]:
         if not upload:
             raise gr.Error("Choose a file to upload, or pick another corpus source")
         path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return f"upload:{digest}", CORPORA.get(f"upload:{digest}", lambda: _records(_read_upload(path)))
+        return f"upload:{digest}", CORPORA.get(f"upload:{digest}", lambda: read_records(path))
     if source == SOURCES[2]:
         labels_id = (labels_id or "").strip()
         if not labels_id:
@@ -128,9 +156,11 @@ def load_corpus(source: str, upload: str | None, labels_id: str) -> tuple[str, l
             from datasets import load_dataset
 
             try:
-                return load_dataset(labels_id, "pool", split="train").to_list()
+                rows = load_dataset(labels_id, "pool", split="train").to_list()
             except Exception as error:
                 raise gr.Error(f"Could not load the 'pool' of {labels_id!r}: {type(error).__name__}: {error}") from None
+
+            return [{k: v for k, v in r.items() if v is not None} for r in rows]
 
         return f"labels:{labels_id}", CORPORA.get(f"labels:{labels_id}", build)
     raise gr.Error(f"Unknown corpus source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -268,8 +298,8 @@ def build_demo() -> gr.Blocks:
         run = gr.Button("Attribute", variant="primary", elem_id="attribute")
         status = gr.Markdown()
         table = gr.Dataframe(label="Top training examples", elem_id="results", wrap=True)
-        plot = gr.BarPlot(x="example", y="score", label="Scores", sort="y")
-        group_table = gr.Dataframe(label="Group influence (attention and sum pooling)")
+        plot = gr.BarPlot(x="example", y="score", label="Scores", sort="-y", elem_id="scores-plot")
+        group_table = gr.Dataframe(label="Group influence (attention and sum pooling)", elem_id="groups")
         inputs = [prompt, response, free_text, k, source, upload, labels_id, group_task, group_indices, model_id]
         run.click(attribute, inputs, [table, plot, group_table, status], api_name="attribute")
     return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)

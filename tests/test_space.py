@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from datasets import load_dataset
 
 from airrep.space_corpus import BUILTIN_POOL, builtin_pool_records
 from configuration_airrep import format_text
+from generate_labels import LabelArguments
+from generate_labels import run as generate
 
 SPACE = Path(__file__).parents[1] / "space"
 QUERIES = [("What is 12 plus 30?", "42"), ("Reverse the word 'planet'.", "tenalp"),
@@ -57,7 +60,8 @@ def call(client, prompt="", response="", free_text="", k=5, source="Built-in cor
 
 
 def rows(table) -> pd.DataFrame:
-    return pd.DataFrame(table["data"], columns=table["headers"])
+    """A Dataframe output (``headers``) or a plot's data (``columns``) as a DataFrame."""
+    return pd.DataFrame(table["data"], columns=table.get("headers") or table["columns"])
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +120,16 @@ def test_uploaded_files_and_labels_pools_are_corpora(client, tmp_path):
     pd.DataFrame({"text": ["alpha", "beta", "gamma"]}).to_parquet(parquet)
     assert len(rows(call(client, free_text="beta", source="Uploaded file", upload=parquet, k=3)[0])) == 3
 
+    labels = tmp_path / "labels-lds"
+    generate(LabelArguments(output_dir=str(labels), preset="smoke", mode="lds"))
+    table, _, groups, status = call(client, free_text="x", source="Labels dataset pool", labels=str(labels), k=4,
+                                    indices="0 1 2")  # fmt: skip
+    pool = load_dataset(str(labels), "pool", split="train")
+    top = rows(table)
+    assert len(top) == 4 and "corpus of 64 examples" in status
+    assert top["text"].tolist() == [pool[int(i)]["text"] for i in top["index"]]
+    assert rows(groups)["size"].tolist() == [3]
+
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
@@ -145,7 +159,7 @@ def test_bad_input_gets_a_clear_message_and_the_app_keeps_serving(client, kwargs
         ("empty.jsonl", b"", "empty.jsonl is empty"),
         ("broken.jsonl", b'{"prompt": "a", "response": ', "broken.jsonl could not be read as JSONL"),
         ("odd.jsonl", b'{"prompt": "a", "response": "b"}\n{"question": "c"}\n', "Corpus record 1 cannot be used"),
-        ("notes.txt", b"hello", "unsupported file type .txt"),
+        ("notes.txt", b"hello", "Invalid file type"),  # gradio's own check, before the app
         ("nothing.csv", b"prompt,response\n", "The corpus has no examples"),
     ],
 )
@@ -189,11 +203,14 @@ def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_pa
         page.goto(app.demo.local_url)
         page.locator("#prompt textarea").fill(QUERIES[0][0])
         page.locator("#response textarea").fill(QUERIES[0][1])
+        page.locator("#group-task textarea").fill("add")
         page.locator("#attribute").click()
         results = page.locator("#results")
         indices, _, _ = expected(*QUERIES[0])
-        first_text = format_text(builtin_pool_records()[indices[0]])[:40]
-        expect(results).to_contain_text(first_text.split("\n")[0], timeout=60_000)
+        for index in indices:  # every expected row, by its text, in the rendered table
+            expect(results).to_contain_text(format_text(builtin_pool_records()[index]).split("\n")[0], timeout=60_000)
+        expect(page.locator("#groups")).to_contain_text("task = add")
+        expect(page.locator("#scores-plot svg .mark-rect path")).to_have_count(10, timeout=30_000)  # the 10 bars
         page.screenshot(path=str(shots / "space.png"), full_page=True)
         browser.close()
     assert (shots / "space.png").stat().st_size > 10_000
