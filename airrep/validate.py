@@ -214,9 +214,9 @@ def validate(kind: str, folder: str | os.PathLike, load: bool = True) -> list[st
     """Every problem that would stop ``folder`` from working as a Hub repo of ``kind``; empty when fine."""
     if kind not in VALIDATORS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not Path(folder).is_dir():
         return [f"{folder} is not a folder"]
+    folder = Path(folder).resolve()  # the loading checks run from another directory
     return VALIDATORS[kind](folder, load)
 
 

@@ -37,6 +37,11 @@ def test_good_folders_pass_including_the_offline_load(kind, saved_folder, labels
     assert validate(kind, folder) == []
 
 
+def test_relative_paths_work(monkeypatch):
+    monkeypatch.chdir(SPACE.parent)
+    assert validate("space", "space") == []
+
+
 def test_model_problems_are_all_listed(saved_folder, tmp_path):
     folder = copy(saved_folder, tmp_path)
     (folder / "modeling_airrep.py").unlink()
@@ -93,7 +98,7 @@ def test_space_problems(tmp_path):
     assert "card metadata: python_version is '3.9', not '3.11'" in problems
     assert "card metadata: app_file 'main.py' is not in the folder" in problems
     folder2 = copy(SPACE, tmp_path / "second")
-    (folder2 / "requirements.txt").write_text("torch\n")
+    (folder2 / "requirements.txt").write_text("torch==2.13.0\ndatasets\npyarrow>=15\n")
     assert validate("space", folder2) == ["app.py imports 'transformers', which requirements.txt does not install"]
 
 
