@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 
 from airrep.hub import configs_yaml, write_parquet
 from airrep.training_data import LabelsFormatError, load_labels, sample_rows
+from airrep.validate import validate
 from generate_labels import LabelArguments, run
 from modeling_airrep import AirRepModel
 from train_airrep import main
@@ -46,12 +47,14 @@ def test_smoke_training_lowers_the_loss_and_saves_a_checkpoint(trained, labels):
     assert model.encode(["a text"]).shape == (1, 384)
     assert not (trained / ".initial-model").exists()
     card = ModelCard.load(trained / "README.md").data
-    assert card.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.datasets == [str(labels)]
+    # A local labels folder is named in the card's text; only a Hub id belongs in its `datasets` metadata.
+    assert card.base_model == "sentence-transformers/all-MiniLM-L6-v2" and card.datasets is None
     names = {result.metric_name for result in card.eval_results}
     assert names == {"LDS (attention pooling)", "LDS (sum pooling)"}
     text = (trained / "README.md").read_text()
     assert '"weighting": "paper", "t_min": 0.1, "t_max": 5.0, "pooling": "attention", "mini_batch_size": 16' in text
-    assert "R = 4" in text and "2505.18513" in text
+    assert "R = 4" in text and "2505.18513" in text and str(labels) in text
+    assert validate("model", trained) == []  # ready for hf upload as it is
 
 
 def test_a_rerun_resumes_from_the_last_checkpoint(labels, caplog):
