@@ -214,3 +214,15 @@ def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_pa
         page.screenshot(path=str(shots / "space.png"), full_page=True)
         browser.close()
     assert (shots / "space.png").stat().st_size > 10_000
+
+
+def test_corpus_embeddings_are_computed_once_per_corpus(client, app, tmp_path, monkeypatch):
+    _, model = app.load_model("")
+    sizes = []
+    original = model.encode
+    monkeypatch.setattr(model, "encode", lambda texts, **kw: sizes.append(len(texts)) or original(texts, **kw))
+    upload = tmp_path / "fresh.jsonl"
+    upload.write_text("\n".join(f'{{"prompt": "p{i}", "response": "r{i}"}}' for i in range(7)))
+    for query in QUERIES[:3]:
+        call(client, *query, source="Uploaded file", upload=upload, k=2)
+    assert sizes == [7, 1, 1, 1]  # the corpus once, then only the queries

@@ -1,0 +1,196 @@
+"""Encode a corpus of any size into an embeddings dataset: ids plus float16 vectors in parquet shards.
+
+    python -m airrep.embeddings --model out/demo/model --dataset out/demo/corpus --split train \
+        --output_dir out/demo/embeddings
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m airrep.embeddings --model ... --output_dir ...
+
+The input is a dataset folder or Hub id, read with ``streaming=True`` so that it never has to fit in
+memory. Rows are cut into shards of ``--shard_size``; shard ``i`` holds rows ``[i * size, (i + 1) *
+size)`` and is written atomically as ``data/shard-XXXXX.parquet`` when it is done. Under ``torchrun``
+rank ``r`` encodes shards ``r, r + world, ...``, so any number of processes (or GPUs) writes the
+same files. A killed run resumes with the shards that are missing. The result is itself a Hub
+dataset folder (``load_dataset(folder)``), with a card and ``embeddings.json`` describing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+SETTINGS_FILE = "embeddings.json"
+
+
+def shard_file(folder: Path, shard: int) -> Path:
+    return folder / "data" / f"shard-{shard:05d}.parquet"
+
+
+def _rows(dataset: str, split: str, config: str | None) -> Iterator[dict[str, Any]]:
+    from datasets import load_dataset
+
+    return iter(load_dataset(dataset, config, split=split, streaming=True))
+
+
+def _shards(rows: Iterator[dict[str, Any]], shard_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    for shard in itertools.count():
+        chunk = list(itertools.islice(rows, shard_size))
+        if not chunk:
+            return
+        yield shard, chunk
+
+
+def _write_shard(path: Path, ids: list[str], vectors: np.ndarray) -> None:
+    from datasets import Dataset, Features, List, Value
+
+    features = Features({"id": Value("string"), "embedding": List(Value("float16"), length=vectors.shape[1])})
+    table = Dataset.from_dict({"id": ids, "embedding": vectors.astype(np.float16)}, features=features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.parquet")
+    table.to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+def _claim(folder: Path, settings: dict[str, Any]) -> None:
+    file = folder / SETTINGS_FILE
+    if file.exists():
+        previous = json.loads(file.read_text())
+        mismatch = sorted(k for k in settings if previous.get(k) != settings[k])
+        if mismatch:
+            raise ValueError(
+                f"{folder} holds embeddings made with other settings (they differ in {mismatch}); use another "
+                "--output_dir, or delete the folder to start over"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(settings, indent=2))
+    os.replace(tmp, file)
+
+
+def encode_corpus(
+    model_name: str,
+    dataset: str,
+    output_dir: str | os.PathLike,
+    split: str = "train",
+    config: str | None = None,
+    shard_size: int = 10000,
+    batch_size: int = 64,
+    id_column: str = "id",
+) -> dict[str, Any]:
+    """Encode every row of ``dataset[split]`` with the AirRep checkpoint ``model_name`` (see the module doc).
+
+    Returns:
+        The summary written to ``embeddings.json`` (on the main process; other ranks return theirs).
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from modeling_airrep import AirRepModel
+
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("--shard_size and --batch_size must be at least 1")
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    folder = Path(output_dir)
+    settings = {"model": model_name, "dataset": dataset, "config": config, "split": split,
+                "shard_size": shard_size, "id_column": id_column}  # fmt: skip
+    if state.is_main_process:
+        _claim(folder, settings)
+    state.wait_for_everyone()
+    model = AirRepModel.from_pretrained(model_name).to(state.device)
+
+    done = encoded = 0
+    n_rows = 0
+    progress = tqdm(desc=f"embedding shards (rank {state.process_index})", disable=not state.is_local_main_process)
+    for shard, rows in _shards(_rows(dataset, split, config), shard_size):
+        n_rows += len(rows)
+        if shard % state.num_processes != state.process_index:
+            continue
+        path = shard_file(folder, shard)
+        if path.exists():
+            done += 1
+            continue
+        ids = [str(row.get(id_column, shard * shard_size + i)) for i, row in enumerate(rows)]
+        # A bad record is named by its row in the whole split, not in the shard.
+        texts = []
+        for i, row in enumerate(rows):
+            try:
+                texts.append(model.config.format_text(row, index=shard * shard_size + i))
+            except ValueError as error:
+                raise ValueError(f"{dataset} (split {split}): {error}") from None
+        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+        _write_shard(path, ids, vectors)
+        encoded += 1
+        progress.update(1)
+    progress.close()
+    if done:
+        logger.info("rank %d: %d shard(s) were already done", state.process_index, done)
+    state.wait_for_everyone()
+    summary = {**settings, "rows": n_rows, "shards": -(-n_rows // shard_size), "dim": model.projector.out_features,
+               "dtype": "float16"}  # fmt: skip
+    if state.is_main_process:
+        _finish(folder, summary)
+    return summary
+
+
+def _finish(folder: Path, summary: dict[str, Any]) -> None:
+    stale = sorted(p.name for p in (folder / "data").glob("shard-*.parquet") if int(p.stem[6:]) >= summary["shards"])
+    if stale:
+        raise RuntimeError(f"{folder}/data holds shards beyond the {summary['shards']} this corpus has: {stale[:3]}")
+    tmp = folder / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, folder / SETTINGS_FILE)
+    (folder / "README.md").write_text(
+        f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/shard-*.parquet
+tags:
+- airrep
+- embeddings
+---
+
+# AirRep embeddings of `{summary["dataset"]}` (split `{summary["split"]}`)
+
+{summary["rows"]:,} rows embedded by `{summary["model"]}` into {summary["dim"]}-dimensional float16 vectors,
+in {summary["shards"]} parquet shard(s) of {summary["shard_size"]:,} rows. Columns: `id` (the row's
+`{summary["id_column"]}` column, or its row number) and `embedding`.
+
+```python
+from airrep.index import EmbeddingIndex
+index = EmbeddingIndex.from_folder("<this folder>")
+scores, rows = index.top_k(query_embeddings, k=100)
+```
+"""
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="AirRep checkpoint folder or Hub id")
+    parser.add_argument("--dataset", required=True, help="dataset folder or Hub id (read with streaming)")
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="embeddings dataset folder")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--config", default=None, help="dataset config, such as 'pool' of a labels dataset")
+    parser.add_argument("--shard_size", type=int, default=10000, help="rows per parquet shard")
+    parser.add_argument("--batch_size", type=int, default=64, help="texts per encoder forward")
+    parser.add_argument("--id_column", default="id", help="column holding row ids (default: row numbers)")
+    args = parser.parse_args(argv)
+    encode_corpus(args.model, args.dataset, args.output_dir, args.split, args.config, args.shard_size,
+                  args.batch_size, args.id_column)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Embeddings at scale: a real 2-process torchrun encode equals a 1-process one, a killed encode
+resumes with every id exactly once, and the index's top-k matches exact search."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_dataset
+
+from airrep.corpus import write_corpus
+from airrep.embeddings import encode_corpus
+from airrep.index import EmbeddingIndex, recall_at_k
+from configuration_airrep import format_text
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("embeddings") / "corpus"
+    write_corpus(folder, {"train": 120, "test": 4}, seed=7)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(corpus, saved_folder):
+    out = corpus.parent / "one-process"
+    summary = encode_corpus(str(saved_folder), str(corpus), out, shard_size=32, batch_size=16)
+    return out, summary
+
+
+def _spawn(args, **env):
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _table(folder):
+    table = load_dataset(str(folder), split="train")
+    return table["id"], np.asarray(table["embedding"], dtype=np.float16)
+
+
+def test_embeddings_dataset_holds_every_row_once_with_the_model_vectors(one_process, corpus, model):
+    folder, summary = one_process
+    assert summary["rows"] == 120 and summary["shards"] == 4 and summary["dim"] == 384
+    ids, vectors = _table(folder)
+    records = load_dataset(str(corpus), split="train")
+    assert ids == records["id"]
+    expected = model.encode([format_text(r) for r in records], batch_size=16)
+    np.testing.assert_allclose(vectors.astype(np.float32), expected, atol=2e-3, rtol=2e-3)  # float16 storage
+
+
+def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, saved_folder):
+    out = corpus.parent / "two-processes"
+    process = _spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.embeddings",
+                      "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir", str(out),
+                      "--shard_size", "32", "--batch_size", "16"], ACCELERATE_USE_CPU="1")  # fmt: skip
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    ids_1, vectors_1 = _table(one_process[0])
+    ids_2, vectors_2 = _table(out)
+    assert ids_2 == ids_1
+    np.testing.assert_array_equal(vectors_2, vectors_1)
+
+
+def test_killed_encode_resumes_without_duplicates_or_gaps(one_process, corpus, saved_folder):
+    out = corpus.parent / "killed"
+    args = ["-m", "airrep.embeddings", "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir",
+            str(out), "--shard_size", "8", "--batch_size", "8"]  # fmt: skip
+    process = _spawn(args)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "data").glob("shard-*.parquet"))) < 2:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list((out / "data").glob("shard-*.parquet")))
+    assert 2 <= finished < 15
+    encode_corpus(str(saved_folder), str(corpus), out, shard_size=8, batch_size=8)
+    ids, vectors = _table(out)
+    reference_ids, reference = _table(one_process[0])
+    assert ids == reference_ids  # each id once, in order
+    np.testing.assert_allclose(vectors.astype(np.float32), reference.astype(np.float32), atol=2e-3)
+
+
+def test_other_settings_are_refused(one_process, corpus, saved_folder):
+    with pytest.raises(ValueError, match=r"other settings \(they differ in \['shard_size'\]\)"):
+        encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=50)
+
+
+def test_index_top_k_matches_exact_search(one_process):
+    index = EmbeddingIndex.from_folder(one_process[0])
+    corpus = index.embeddings.astype(np.float32)
+    queries = corpus[:5] + np.random.default_rng(0).normal(scale=0.01, size=(5, corpus.shape[1])).astype(np.float32)
+    brute = np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :10]
+    scores, rows = index.top_k(queries, k=10)
+    np.testing.assert_array_equal(rows, brute)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    index.build_faiss("flat")
+    assert recall_at_k(index.top_k(queries, k=10)[1], brute) == 1.0
+    index.build_faiss("ivf", nlist=4, nprobe=4)  # scanning every list is exact
+    assert recall_at_k(index.top_k(queries, k=10)[1], brute) == 1.0
+    index.build_faiss("ivf", nlist=8, nprobe=1)
+    assert 0 < recall_at_k(index.top_k(queries, k=10)[1], brute) <= 1.0
+    with pytest.raises(RuntimeError, match="build_faiss"):
+        index.top_k(queries, backend="faiss-flat")
+    subsets = [[0, 1, 2], [5, 50, 100]]
+    expected = [[(queries[q] @ corpus[s].T).sum() for q in range(5)] for s in subsets]
+    np.testing.assert_allclose(index.group_influence(queries, subsets, pooling="sum"), expected, rtol=1e-4)
+
+
+def test_an_unfinished_folder_is_not_loaded(one_process, tmp_path):
+    import shutil
+
+    partial = Path(shutil.copytree(one_process[0], tmp_path / "partial"))
+    next((partial / "data").glob("shard-*.parquet")).unlink()
+    with pytest.raises(ValueError, match="has 3 of 4 shards"):
+        EmbeddingIndex.from_folder(partial)
