@@ -84,6 +84,12 @@ class EmbeddingIndex:
         index.add(vectors)
         self._faiss, self.backend = index, f"faiss-{kind}"
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists an IVF index scans per query: more is slower and closer to exact."""
+        if self.backend != "faiss-ivf":
+            raise RuntimeError("nprobe applies to an IVF index: call build_faiss('ivf') first")
+        self._faiss.nprobe = min(nprobe, self._faiss.nlist)
+
     def top_k(self, queries: np.ndarray, k: int = 10, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, rows)`` of the ``k`` best rows per query, best first, by dot product."""
         backend = backend or self.backend
