@@ -145,6 +145,10 @@ class AirRepConfig(BertConfig):
             Default pooling of ``group_influence``: ``"attention"`` or ``"sum"``.
         base_model (`str`, *optional*):
             Name of the encoder this model was initialised from, for model cards.
+        frozen_layers (`int`, *optional*, defaults to 0):
+            How many lower encoder layers (with the embeddings) were frozen in training. Training feeds
+            their cached output to ``forward(layer_inputs=...)``, which runs only the layers above.
+            Inference from token ids always runs every layer.
     """
 
     model_type = "airrep"
@@ -157,6 +161,7 @@ class AirRepConfig(BertConfig):
         max_prompt_words: int = DEFAULT_MAX_PROMPT_WORDS,
         group_pooling: str = "attention",
         base_model: str | None = None,
+        frozen_layers: int = 0,
         **kwargs: Any,
     ) -> None:
         if group_pooling not in GROUP_POOLINGS:
@@ -167,6 +172,9 @@ class AirRepConfig(BertConfig):
         if max_prompt_words < 1:
             raise ValueError(f"max_prompt_words must be positive, got {max_prompt_words}")
         super().__init__(**kwargs)
+        if not 0 <= frozen_layers <= self.num_hidden_layers:
+            raise ValueError(f"frozen_layers must be between 0 and {self.num_hidden_layers}, got {frozen_layers}")
+        self.frozen_layers = frozen_layers
         self.projection_dim = int(projection_dim) if projection_dim is not None else self.hidden_size
         self.max_seq_length = max_seq_length
         self.text_template = text_template

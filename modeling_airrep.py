@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers import initialization as init
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 from transformers.utils import ModelOutput, logging
 
@@ -307,6 +308,7 @@ class AirRepModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        layer_inputs: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> AirRepModelOutput:
         r"""Embed a tokenized batch.
@@ -315,11 +317,29 @@ class AirRepModel(BertPreTrainedModel):
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids.
             attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 1 for real tokens, 0 for padding; padding is excluded from the mean.
+            layer_inputs (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+                Instead of token ids: the hidden states that enter encoder layer ``config.frozen_layers``
+                (the output of the frozen layers below it, cached once). Only the layers from there up
+                run, which is how training over cached frozen layers saves their cost.
 
         Returns:
             [`AirRepModelOutput`] with ``sentence_embedding`` of shape `(batch_size, projection_dim)`.
         """
         kwargs.pop("return_dict", None)
+        if layer_inputs is not None:
+            if input_ids is not None or inputs_embeds is not None:
+                raise ValueError("pass either token ids or layer_inputs, not both")
+            if attention_mask is None:
+                attention_mask = torch.ones(layer_inputs.shape[:2], dtype=torch.long, device=layer_inputs.device)
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=layer_inputs, attention_mask=attention_mask
+            )
+            hidden = layer_inputs
+            for layer in self.bert.encoder.layer[self.config.frozen_layers :]:
+                hidden = layer(hidden, mask)
+            return AirRepModelOutput(
+                sentence_embedding=self.projector(mean_pool(hidden, attention_mask)), last_hidden_state=hidden
+            )
         outputs = self.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,

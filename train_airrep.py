@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from airrep.lds_evaluator import LDSEvaluator
 from airrep.presets import TRAIN_PRESETS, resolve
 from airrep.ranking_loss import WEIGHTINGS, AirRepRankingLoss
-from airrep.training_data import AirRepDataCollator, load_labels, sample_rows
+from airrep.training_data import AirRepDataCollator, FrozenLayerCache, load_labels, sample_rows
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger("train_airrep")
@@ -48,6 +48,22 @@ class AirRepArguments:
     train_steps: int | None = field(default=None, metadata={"help": "Override: number of training steps."})
     validation_splits: int | None = field(default=None, metadata={"help": "Override: splits held out for LDS."})
     mini_batch_size: int | None = field(default=None, metadata={"help": "Override: GradCache mini-batch (0 = off)."})
+    frozen_layers: int | None = field(
+        default=None,
+        metadata={"help": "Override: freeze the embeddings and this many lower encoder layers, cache their "
+                          "output once, and train only the layers above (0 = the whole encoder)."},
+    )  # fmt: skip
+
+
+class AirRepTrainer(SentenceTransformerTrainer):
+    """The sentence-transformers trainer, also reading the cached frozen-layer states
+    (``sentence_0_layer_inputs``) that [`AirRepDataCollator`] emits with a [`FrozenLayerCache`]."""
+
+    def collect_features(self, inputs):
+        if "sentence_0_layer_inputs" not in inputs:
+            return super().collect_features(inputs)
+        prefix = "sentence_0_"
+        return [{k[len(prefix) :]: v for k, v in inputs.items() if k.startswith(prefix)}], inputs.get("label")
 
 
 def preset_training_arguments(preset, explicit: set[str]) -> dict:
@@ -115,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.weighting not in WEIGHTINGS:
         raise ValueError(f"--weighting must be one of {sorted(WEIGHTINGS)}, got {args.weighting!r}")
     overrides = {k: getattr(args, k) for k in ("queries_per_step", "subsets_per_step", "train_steps",
-                                               "validation_splits", "mini_batch_size")}  # fmt: skip
+                                               "validation_splits", "mini_batch_size", "frozen_layers")}  # fmt: skip
     preset = resolve(TRAIN_PRESETS[args.preset], overrides)
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     for key, value in preset_training_arguments(preset, explicit).items():
@@ -144,15 +160,24 @@ def main(argv: list[str] | None = None) -> None:
             AirRepModel.from_encoder(args.base_encoder).save_pretrained(initial)
     model = SentenceTransformer(str(initial), trust_remote_code=True)
     base = model[0].auto_model.config.base_model
+    cache = None
+    if preset.frozen_layers:
+        airrep = model[0].auto_model
+        airrep.config.frozen_layers = preset.frozen_layers
+        for module in (airrep.bert.embeddings, *airrep.bert.encoder.layer[: preset.frozen_layers]):
+            module.requires_grad_(False)
+        cache = FrozenLayerCache(model, data, preset.frozen_layers)
+        logger.info("Cached the output of the %d frozen layer(s) for %d texts", preset.frozen_layers,
+                    len(cache.states))  # fmt: skip
     loss = AirRepRankingLoss(model, weighting=args.weighting, mini_batch_size=preset.mini_batch_size or None)
     evaluator = LDSEvaluator(data, held_out)
-    trainer = SentenceTransformerTrainer(
+    trainer = AirRepTrainer(
         model=model,
         args=training_args,
         train_dataset=rows,
         loss=loss,
         evaluator=evaluator,
-        data_collator=AirRepDataCollator(model.preprocess, data, union=args.union),
+        data_collator=AirRepDataCollator(model.preprocess, data, union=args.union, cache=cache),
     )
     resume = training_args.resume_from_checkpoint
     if resume is None and output_dir.is_dir():

@@ -122,6 +122,7 @@ class TrainPreset:
     validation_splits: int
     learning_rate: float
     mini_batch_size: int = 32
+    frozen_layers: int = 0  # lower encoder layers frozen and cached (0: train the whole encoder)
     eval_steps: int = 50
     logging_steps: int = 5
     warmup_steps: int = 10

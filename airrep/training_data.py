@@ -132,19 +132,67 @@ def sample_rows(
     return Dataset.from_dict(out)
 
 
+class FrozenLayerCache:
+    """The hidden states entering encoder layer ``layers`` for every pool and query text of a labels
+    dataset, computed once: training the layers above then never runs the frozen ones again.
+
+    The frozen part runs in eval mode (no dropout), so each text's cached states are exactly what
+    those layers give it; [`AirRepModel`]'s ``forward(layer_inputs=...)`` continues from there.
+    """
+
+    def __init__(self, model, data: LabelsData, layers: int, batch_size: int = 64) -> None:
+        airrep = model[0].auto_model
+        if not 0 < layers <= airrep.config.num_hidden_layers:
+            raise ValueError(f"frozen layers must be between 1 and {airrep.config.num_hidden_layers}, got {layers}")
+        self.layers = layers
+        self.states: dict[tuple[str, int], torch.Tensor] = {}
+        keyed = [(("q", i), t) for i, t in enumerate(data.query_texts)] + [
+            (("p", i), t) for i, t in enumerate(data.pool_texts)
+        ]
+        keyed.sort(key=lambda item: -len(item[1]))  # similar lengths per batch: little padding
+        was_training = airrep.training
+        airrep.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(keyed), batch_size):
+                    chunk = keyed[start : start + batch_size]
+                    features = model.preprocess([text for _, text in chunk])
+                    names = ("input_ids", "attention_mask", "token_type_ids")
+                    inputs = {k: v.to(airrep.device) for k, v in features.items() if k in names}
+                    hidden = airrep.bert(**inputs, output_hidden_states=True).hidden_states[layers]
+                    for row, (key, _) in enumerate(chunk):
+                        length = int(inputs["attention_mask"][row].sum())
+                        self.states[key] = hidden[row, :length].cpu().clone()
+        finally:
+            airrep.train(was_training)
+
+    def batch(self, keys: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``layer_inputs`` and ``attention_mask`` for the texts named by ``keys``."""
+        rows = [self.states[key] for key in keys]
+        width = max(r.shape[0] for r in rows)
+        inputs = torch.zeros(len(rows), width, rows[0].shape[1], dtype=rows[0].dtype)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            inputs[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        return {"layer_inputs": inputs, "attention_mask": mask}
+
+
 class AirRepDataCollator:
     """Tokenizes the union of a step's texts once: a pool example in several subsets is encoded once.
 
     Produces one text column (``sentence_0_*``) and the label ``{"queries", "members", "targets"}``
-    that [`AirRepRankingLoss`] reads. One row (one split) per step.
+    that [`AirRepRankingLoss`] reads. One row (one split) per step. With a [`FrozenLayerCache`], the
+    column holds the cached ``layer_inputs`` instead of token ids.
     """
 
     valid_label_columns: tuple[str, ...] = ()
 
-    def __init__(self, preprocess, data: LabelsData, union: bool = True) -> None:
+    def __init__(self, preprocess, data: LabelsData, union: bool = True, cache: FrozenLayerCache | None = None) -> None:
         self.preprocess = preprocess
         self.data = data
         self.union = union
+        self.cache = cache
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if len(rows) != 1:
@@ -162,8 +210,11 @@ class AirRepDataCollator:
             positions = [index[key] for key in keys]
         else:
             order, positions = keys, list(range(len(keys)))
-        texts = [self.data.query_texts[i] if kind == "q" else self.data.pool_texts[i] for kind, i in order]
-        features = self.preprocess(texts)
+        if self.cache is not None:
+            features = self.cache.batch(order)
+        else:
+            texts = [self.data.query_texts[i] if kind == "q" else self.data.pool_texts[i] for kind, i in order]
+            features = self.preprocess(texts)
         n_q = len(query_rows)
         width = max(len(s) for s in subsets)
         members = torch.full((len(subsets), width), -1, dtype=torch.long)  # -1 pads unequal subsets

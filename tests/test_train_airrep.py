@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from datasets import load_dataset
 from huggingface_hub import ModelCard
 
@@ -155,3 +156,38 @@ def test_bad_labels_fail_before_training(labels, tmp_path, caplog):
         data = load_labels(_rewrite(labels, tmp_path / "e", edit=nan_losses))
     assert data.excluded_nan == 6 and "6 non-finite loss value(s) excluded" in caplog.text
     assert np.isnan(data.splits[0].targets).sum() == 6
+
+
+def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, saved_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from airrep.training_data import AirRepDataCollator, FrozenLayerCache
+
+    data = load_labels(str(labels))
+    model = SentenceTransformer(str(saved_folder), trust_remote_code=True).eval()
+    model[0].auto_model.config.frozen_layers = 4
+    cache = FrozenLayerCache(model, data, 4, batch_size=7)  # batches of mixed lengths: padding must not leak
+    row = sample_rows(data, sorted(data.splits), 3, 2, 1, seed=0)[0]
+    cached = AirRepDataCollator(model.preprocess, data, cache=cache)([row])
+    tokens = AirRepDataCollator(model.preprocess, data)([row])
+    assert "sentence_0_layer_inputs" in cached and "sentence_0_input_ids" not in cached
+    assert torch.equal(cached["label"]["members"], tokens["label"]["members"])
+
+    def embed(batch):
+        return model({k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")})
+
+    with torch.no_grad():
+        torch.testing.assert_close(embed(cached)["sentence_embedding"], embed(tokens)["sentence_embedding"],
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_training_over_frozen_layers_changes_only_the_layers_above(labels, saved_folder):
+    output = labels.parent / "model-frozen"
+    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output), "--frozen_layers", "5"])
+    before, after = AirRepModel.from_pretrained(saved_folder), AirRepModel.from_pretrained(output)
+    assert after.config.frozen_layers == 5
+    changed = {name for name, p in after.state_dict().items() if not torch.equal(p, before.state_dict()[name])}
+    assert changed and all(name.startswith(("bert.encoder.layer.5.", "projector.")) for name in changed)
+    assert any(name.startswith("bert.encoder.layer.5.") for name in changed)
+    record = json.loads((output / "airrep_training.json").read_text())
+    assert record["preset"]["frozen_layers"] == 5
