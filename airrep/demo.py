@@ -1,22 +1,27 @@
-"""The main job: build an AirRep checkpoint, load it the way users do, and attribute a few queries.
+"""The main job: the whole AirRep pipeline at one preset, ending in a report a user can look at.
 
-Run with ``make demo`` (or ``python -m airrep.demo --output_dir out/demo``). Later stages of the
-pipeline (labels, training, evaluation) grow into this command.
+    make demo                                   # python -m airrep.demo --preset demo --output_dir out/demo
+
+Stages, each reused when the command runs again (a finished stage is skipped; a killed one resumes):
+
+1. the built-in corpus and target LM, then ``train``- and ``lds``-mode labels (``generate_labels.py``);
+2. AirRep trained on the ``train`` labels (``train_airrep.py``);
+3. LDS of AirRep and every baseline on the held-out ``lds`` labels (``eval_lds.py``).
+
+It ends by printing the LDS table with the noise ceiling, the plot's path, the top attributions of
+two test queries, and the ``hf upload`` / ``from_pretrained`` lines for what it made.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections import defaultdict
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from datasets import load_dataset
 from transformers import AutoModel, HfArgumentParser
-
-from airrep.demo_records import queries, training_records
-from modeling_airrep import AirRepModel
 
 logger = logging.getLogger("airrep.demo")
 
@@ -24,64 +29,75 @@ logger = logging.getLogger("airrep.demo")
 @dataclass
 class DemoArguments:
     output_dir: str = field(default="out/demo", metadata={"help": "Everything the demo writes goes here."})
-    base_encoder: str | None = field(
-        default=None, metadata={"help": "BERT-family encoder folder or Hub id; default: bundled all-MiniLM-L6-v2."}
-    )
-    top_k: int = field(default=3, metadata={"help": "Training examples shown per query."})
-    overwrite: bool = field(default=False, metadata={"help": "Rebuild the checkpoint even if it exists."})
+    preset: str = field(default="demo", metadata={"help": "Preset of every stage: smoke, demo, bench or paper."})
+    top_k: int = field(default=3, metadata={"help": "Training examples shown per test query."})
 
 
-def build_checkpoint(args: DemoArguments) -> Path:
-    folder = Path(args.output_dir) / "model"
-    if (folder / "config.json").exists() and not args.overwrite:
-        logger.info("Reusing the checkpoint in %s (pass --overwrite to rebuild it)", folder)
-        return folder
-    logger.info("Building an untrained AirRep from %s", args.base_encoder or "the bundled all-MiniLM-L6-v2")
-    AirRepModel.from_encoder(args.base_encoder).save_pretrained(folder)
-    return folder
-
-
-def _shorten(text: str, width: int = 60) -> str:
+def _shorten(text: str, width: int = 70) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def run_stages(args: DemoArguments) -> dict[str, Path]:
+    """Run (or reuse) every stage; returns the folders it made."""
+    import eval_lds
+    import generate_labels
+    import train_airrep
+
+    out = Path(args.output_dir)
+    folders = {name: out / name for name in ("labels-train", "labels-lds", "model", "report")}
+    timings = {}
+    for mode in ("lds", "train"):
+        tic = time.perf_counter()
+        generate_labels.run(
+            generate_labels.LabelArguments(output_dir=str(folders[f"labels-{mode}"]), preset=args.preset, mode=mode)
+        )
+        timings[f"labels ({mode})"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    if (folders["model"] / "airrep_training.json").exists():
+        logger.info("Reusing the trained AirRep in %s", folders["model"])
+    else:
+        train_airrep.main(["--preset", args.preset, "--labels", str(folders["labels-train"]),
+                           "--output_dir", str(folders["model"])])  # fmt: skip
+    timings["training"] = time.perf_counter() - tic
+    tic = time.perf_counter()
+    eval_lds.run(eval_lds.EvalArguments(labels=str(folders["labels-lds"]), output_dir=str(folders["report"]),
+                                        preset=args.preset, model=[str(folders["model"])]))  # fmt: skip
+    timings["evaluation"] = time.perf_counter() - tic
+    logger.info("stage wall times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    return folders
+
+
+def report(folders: dict[str, Path], top_k: int) -> None:
+    """Print the table, the plot's path, two test queries' top attributions and the publishing lines."""
+    print("\n" + (folders["report"] / "results.md").read_text().split("\nMethod details:")[0].rstrip())
+    print(f"\nPlot: {folders['report'] / 'lds.png'}")
+
+    # Load the checkpoint as a user would from the Hub: through AutoModel and the code in the folder.
+    model = AutoModel.from_pretrained(folders["model"], trust_remote_code=True)
+    pool = load_dataset(str(folders["labels-lds"]), "pool", split="train")
+    queries = load_dataset(str(folders["labels-lds"]), "queries", split="train")
+    pool_embeddings = model.encode(pool["text"])
+    query_embeddings = model.encode(queries["text"][:2])
+    scores, rows = model.top_k(query_embeddings, pool_embeddings, k=top_k)
+    for q in range(len(query_embeddings)):
+        task = queries[q].get("task", "?")
+        print(f"\nTest query [{task}]: {_shorten(queries[q]['text'])!r}")
+        for rank, (score, row) in enumerate(zip(scores[q].tolist(), rows[q].tolist(), strict=True), start=1):
+            print(f"  {rank}. {score:7.3f}  [{pool[row].get('task', '?')}] {_shorten(pool[row]['text'], 60)}")
+    print(
+        "\nPublish and load what the demo made:\n"
+        f"  hf upload ORG/airrep-small-demo {folders['model']} --exclude 'checkpoint-*'\n"
+        f"  hf upload ORG/airrep-labels-demo {folders['labels-lds']} --repo-type dataset\n"
+        '  AutoModel.from_pretrained("ORG/airrep-small-demo", trust_remote_code=True)\n'
+        '  load_dataset("ORG/airrep-labels-demo", "labels", split="train")\n'
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
-    folder = build_checkpoint(args)
-
-    # Load exactly as a user would from the Hub: through AutoModel and the code inside the folder.
-    model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-    train, tests = training_records(), queries()
-    train_embeddings = model.encode(train)
-    query_embeddings = model.encode(tests)
-    top_scores, top_rows = model.top_k(query_embeddings, train_embeddings, k=args.top_k)
-
-    by_task: dict[str, list[int]] = defaultdict(list)
-    for row, record in enumerate(train):
-        by_task[record["task"]].append(row)
-    tasks = sorted(by_task)
-    attention = model.group_influence(query_embeddings, train_embeddings, [by_task[t] for t in tasks])
-    summed = model.group_influence(query_embeddings, train_embeddings, [by_task[t] for t in tasks], pooling="sum")
-
-    print(f"\nAirRep checkpoint: {folder} (untrained: the base encoder with an identity projection)")
-    for q, query in enumerate(tests):
-        print(f"\nQuery: {_shorten(model.config.format_text(query), 70)!r}")
-        for rank, (score, row) in enumerate(zip(top_scores[q], top_rows[q], strict=True), start=1):
-            text = _shorten(model.config.format_text(train[row]))
-            print(f"  {rank}. {score:7.3f}  [{train[row]['task']:<11}] {text}")
-        best = int(np.argmax(attention[:, q]))
-        print(
-            "  group influence by task (attention | sum): "
-            + ", ".join(f"{t} {attention[i, q]:.2f} | {summed[i, q]:.1f}" for i, t in enumerate(tasks))
-            + f"  -> top task: {tasks[best]}"
-        )
-    print(
-        "\nPublish and load it:\n"
-        f"  hf upload ORG/airrep-small-demo {folder}\n"
-        '  AutoModel.from_pretrained("ORG/airrep-small-demo", trust_remote_code=True)\n'
-    )
+    report(run_stages(args), args.top_k)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,25 @@
-"""The main job runs end to end and attributes each demo query to its own task."""
+"""The main job, end to end at the smoke preset: every stage runs, the report prints, a rerun reuses."""
 
 from airrep.demo import main
 
 
-def test_demo_attributes_queries_to_their_task(tmp_path, capsys):
-    main(["--output_dir", str(tmp_path), "--top_k", "2"])
+def test_demo_runs_the_whole_pipeline_and_reuses_it(tmp_path, capsys):
+    main(["--output_dir", str(tmp_path), "--preset", "smoke", "--top_k", "2"])
     out = capsys.readouterr().out
-    assert (tmp_path / "model" / "config.json").exists()
-    blocks = out.split("\nQuery: ")[1:]
-    assert len(blocks) == 3
-    for block, task in zip(blocks, ["add", "capital", "reverse"], strict=True):
-        ranked = [line for line in block.splitlines() if line.strip()[:2] in {"1.", "2."}]
-        assert len(ranked) == 2 and all(f"[{task}" in line for line in ranked), block
-        assert f"-> top task: {task}" in block
+    for folder in ("corpus", "target-lm", "labels-train", "labels-lds", "model", "report"):
+        assert (tmp_path / folder).is_dir(), folder
+    assert "| airrep |" in out and "| logra |" in out and "noise ceiling sqrt(r)" in out
+    assert f"Plot: {tmp_path / 'report' / 'lds.png'}" in out
+    blocks = out.split("\nTest query [")[1:]
+    assert len(blocks) == 2
+    for block in blocks:
+        assert [line.strip()[:2] for line in block.splitlines()[1:3]] == ["1.", "2."]
     assert f"hf upload ORG/airrep-small-demo {tmp_path / 'model'}" in out
-    # A second run reuses the checkpoint instead of rebuilding it.
+    assert 'AutoModel.from_pretrained("ORG/airrep-small-demo", trust_remote_code=True)' in out
+
     mtime = (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns
-    main(["--output_dir", str(tmp_path)])
+    scores = (tmp_path / "report" / "scores" / "airrep.sum.npy").stat().st_mtime_ns
+    main(["--output_dir", str(tmp_path), "--preset", "smoke"])
     assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert (tmp_path / "report" / "scores" / "airrep.sum.npy").stat().st_mtime_ns == scores
+    assert "| airrep |" in capsys.readouterr().out
