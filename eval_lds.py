@@ -42,7 +42,7 @@ from datasets import load_dataset
 from transformers import HfArgumentParser, PretrainedConfig
 from transformers.utils import cached_file
 
-from airrep.eval_report import POOLINGS, bar_chart, markdown_table, save_array, scores_path, write_json
+from airrep.eval_report import POOLINGS, bar_chart, markdown_table, scores_path
 from airrep.gradient_methods import (
     GRADIENT_METHODS,
     GradientProjector,
@@ -52,6 +52,7 @@ from airrep.gradient_methods import (
     unit_rows,
 )
 from airrep.lds import lds_summary, noise_ceiling
+from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, resolve
 from airrep.subset_training import SFTSettings, finetune
 from airrep.target_lm import load_target_lm, sft_example
@@ -519,23 +520,10 @@ def assemble(folder: Path, data: EvalData, preset: EvalPreset, names: list[str],
         results["method_details"][name] = entry["details"]
         results["classification"]["accuracy"][name] = entry["classification_accuracy"]
     write_json(folder / "results.json", results)
-    (folder / "results.md").write_text(markdown_table(results))
+    write_text(folder / "results.md", markdown_table(results))
     if results["methods"]:
         bar_chart(results, folder / "lds.png")
     return results
-
-
-def claim_output_dir(folder: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    file = folder / "eval_settings.json"
-    if file.exists() and not overwrite:
-        previous = json.loads(file.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            differences = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(
-                f"{folder} holds a report made with other settings (they differ in {differences}); use another "
-                "--output_dir, or pass --overwrite to recompute every method"
-            )
-    write_json(file, settings)
 
 
 def run(args: EvalArguments) -> dict[str, Any]:
@@ -546,7 +534,10 @@ def run(args: EvalArguments) -> dict[str, Any]:
     settings = {"labels": data.fingerprint, "preset": asdict(preset), "poolings": args.poolings,
                 "logra_rank": args.logra_rank, "base_encoder": args.base_encoder, "target_lm": args.target_lm,
                 "models": airrep_names}  # fmt: skip
-    claim_output_dir(folder, settings, args.overwrite)
+    if args.overwrite:
+        write_json(folder / "eval_settings.json", settings)
+    claim(folder, "eval_settings.json", settings,
+          "use another --output_dir, or pass --overwrite to recompute every method")  # fmt: skip
     ceiling = labels_noise_ceiling(labels_folder(args.labels), data)
 
     runners: dict[str, Callable] = {}

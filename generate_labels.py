@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -34,6 +33,7 @@ from transformers import HfArgumentParser
 from airrep.corpus import write_corpus
 from airrep.hub import configs_yaml, write_parquet
 from airrep.lds import ceiling_from_correlations, per_query_spearman
+from airrep.outputs import claim, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
 from airrep.subset_training import SFTSettings, train_and_score
 from airrep.target_lm import build_target_lm, load_target_lm, sft_example
@@ -197,28 +197,6 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     return {"mode": args.mode, "preset": asdict(preset), "corpus": corpus.get("fingerprint"), "target_lm": target}
 
 
-def claim_output_dir(folder: Path, settings: dict[str, Any]) -> None:
-    """Record the settings in ``folder``, or refuse if it was started with other settings."""
-    file = folder / "generation_settings.json"
-    if file.exists():
-        previous = json.loads(file.read_text())
-        if previous != json.loads(json.dumps(settings)):
-            differences = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise ValueError(
-                f"{folder} was made with other settings (they differ in {differences}); refusing to mix "
-                "the two. Use another --output_dir, or delete the folder to start over."
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(file, json.dumps(settings, indent=2))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def shard_path(folder: Path, pair: Pair) -> Path:
     return folder / "shards" / f"{pair.pair_id}.json"
 
@@ -311,8 +289,8 @@ def assemble(
         "target_lm": target,
         "settings": asdict(preset),
     }
-    write_atomic(folder / "summary.json", json.dumps(summary, indent=2))
-    write_atomic(folder / "README.md", card(summary, configs))
+    write_text(folder / "summary.json", json.dumps(summary, indent=2))
+    write_text(folder / "README.md", card(summary, configs))
     return summary
 
 
@@ -420,7 +398,12 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
     check_disjoint(args.mode, pairs, query_source, pool, test)
 
     if state.is_main_process:
-        claim_output_dir(folder, settings_fingerprint(args, preset, corpus, target))
+        claim(
+            folder,
+            "generation_settings.json",
+            settings_fingerprint(args, preset, corpus, target),
+            "refusing to mix the two. Use another --output_dir, or delete the folder to start over.",
+        )
     state.wait_for_everyone()
     if (folder / "summary.json").exists():
         logger.info("%s is complete (same settings); nothing to do", folder)
@@ -463,7 +446,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
                 "noise": pair.noise,
                 "seconds": seconds,
             }
-            write_atomic(shard_path(folder, pair), json.dumps(shard))
+            write_text(shard_path(folder, pair), json.dumps(shard))
         progress.update(len(batch))
     progress.close()
     state.wait_for_everyone()

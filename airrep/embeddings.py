@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from airrep.outputs import claim, write_json, write_text
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "embeddings.json"
@@ -58,23 +59,6 @@ def _write_shard(path: Path, ids: list[str], vectors: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _claim(folder: Path, settings: dict[str, Any]) -> None:
-    file = folder / SETTINGS_FILE
-    if file.exists():
-        previous = json.loads(file.read_text())
-        mismatch = sorted(k for k in settings if previous.get(k) != settings[k])
-        if mismatch:
-            raise ValueError(
-                f"{folder} holds embeddings made with other settings (they differ in {mismatch}); use another "
-                "--output_dir, or delete the folder to start over"
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2))
-    os.replace(tmp, file)
-
-
 def encode_corpus(
     model_name: str,
     dataset: str,
@@ -104,7 +88,8 @@ def encode_corpus(
     settings = {"model": model_name, "dataset": dataset, "config": config, "split": split,
                 "shard_size": shard_size, "id_column": id_column}  # fmt: skip
     if state.is_main_process:
-        _claim(folder, settings)
+        claim(folder, "embedding_settings.json", settings,
+              "use another --output_dir, or delete the folder to start over")  # fmt: skip
     state.wait_for_everyone()
     model = AirRepModel.from_pretrained(model_name).to(state.device)
 
@@ -146,10 +131,9 @@ def _finish(folder: Path, summary: dict[str, Any]) -> None:
     stale = sorted(p.name for p in (folder / "data").glob("shard-*.parquet") if int(p.stem[6:]) >= summary["shards"])
     if stale:
         raise RuntimeError(f"{folder}/data holds shards beyond the {summary['shards']} this corpus has: {stale[:3]}")
-    tmp = folder / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, folder / SETTINGS_FILE)
-    (folder / "README.md").write_text(
+    write_json(folder / SETTINGS_FILE, summary)
+    write_text(
+        folder / "README.md",
         f"""---
 configs:
 - config_name: default
@@ -172,7 +156,7 @@ from airrep.index import EmbeddingIndex
 index = EmbeddingIndex.from_folder("<this folder>")
 scores, rows = index.top_k(query_embeddings, k=100)
 ```
-"""
+""",
     )
 
 

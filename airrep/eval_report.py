@@ -3,7 +3,6 @@ and the saved group-score matrices from which every LDS can be recomputed (DESIG
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,21 +18,6 @@ POOLINGS = ("sum", "attention")
 def scores_path(folder: str | os.PathLike, method: str, pooling: str) -> Path:
     """``scores/NAME.POOLING.npy``: subsets x queries, rows in the order of the labels config."""
     return Path(folder) / "scores" / f"{method}.{pooling}.npy"
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` atomically: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
-    os.replace(tmp, path)
 
 
 def recompute_lds(
@@ -129,4 +113,4 @@ def bar_chart(results: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     figure.savefig(tmp, dpi=120)
     plt.close(figure)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # atomic, like airrep.outputs
