@@ -51,7 +51,7 @@ from airrep.gradient_methods import (
     tracin_features,
     unit_rows,
 )
-from airrep.lds import lds_summary, noise_ceiling
+from airrep.lds import ceiling_from_twins, lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, resolve
 from airrep.subset_training import SFTSettings, finetune
@@ -130,6 +130,7 @@ class Featurized:
 @dataclass
 class EvalData:
     source: str
+    folder: Path  # the labels' local folder (a Hub snapshot for a repo id)
     labels: LabelsData
     subsets: list[np.ndarray]
     losses: np.ndarray  # (n_subsets, n_queries)
@@ -184,30 +185,23 @@ def load_eval_data(source: str) -> EvalData:
     pool_records = [{k: v for k, v in r.items() if k not in drop} for r in pool]
     query_records = [{k: v for k, v in queries[int(i)].items() if k not in drop} for i in split.queries]
     return EvalData(
-        source, data, split.subsets, split.losses, pool_records, query_records, summary, labels_table._fingerprint
-    )
+        source, folder, data, split.subsets, split.losses, pool_records, query_records, summary,
+        labels_table._fingerprint,
+    )  # fmt: skip
 
 
-def labels_noise_ceiling(folder: Path, data: EvalData) -> dict[str, float] | None:
+def labels_noise_ceiling(data: EvalData) -> dict[str, float] | None:
     """From the labels' summary, or recomputed from their ``noise`` config (same subsets, another seed)."""
     ceiling = data.summary.get("noise_ceiling")
     if ceiling:
         return {"r": ceiling["r"], "sqrt_r": ceiling["sqrt_r"], "subsets": ceiling.get("subsets")}
     try:
-        noise = load_dataset(str(folder), "noise", split="train")
+        noise = load_dataset(str(data.folder), "noise", split="train")
     except ValueError:
         return None
-    labels = load_dataset(str(folder), "labels", split="train")
-    first = {row["pair_id"]: row["losses"] for row in labels}
-    twins = [
-        (first[r["pair_id"].removesuffix("-noise")], r["losses"])
-        for r in noise
-        if r["pair_id"].removesuffix("-noise") in first
-    ]
-    if len(twins) < 3:
-        return None
-    result = noise_ceiling(np.array([a for a, _ in twins]), np.array([b for _, b in twins]))
-    return {**result, "subsets": len(twins)}
+    labels = load_dataset(str(data.folder), "labels", split="train")
+    ceiling = ceiling_from_twins(labels, noise)
+    return None if ceiling is None or np.isnan(ceiling["r"]) else ceiling
 
 
 def check_checkpoint(name_or_path: str) -> None:
@@ -406,6 +400,7 @@ class GradientState:
 def gradient_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
     def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
         d = preset.projection_dim
+        shared_bytes = 0.0
         if name in ("grad-dot", "grad-cos"):
             pool, queries, seconds = state.projected(len(state.checkpoints) - 1)
             if name == "grad-cos":
@@ -431,14 +426,13 @@ def gradient_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments]
             queries = logra.precondition(logra.features(state.queries, state.pad_id, preset.gradient_batch_size,
                                                         "LoGra queries"))  # fmt: skip
             seconds = time.perf_counter() - tic
-            fisher_bytes = sum(m.nbytes for m in logra.inverse_fisher) / 2  # float32 when stored
+            # The inverse Fisher is stored too (float32), amortised over the pool.
+            shared_bytes = sum(m.nbytes for m in logra.inverse_fisher) / 2
             description = (f"LoGra: {n_linear} linear layers, Kronecker-factored projection {rank}x{rank} each "
                            f"({logra.dim} numbers), damped empirical-Fisher preconditioning "
                            f"({preset.logra_damping} x mean eigenvalue); {state.about()}")  # fmt: skip
-            return Featurized("gradient", description, seconds,
-                              pool.shape[1] * pool.itemsize + fisher_bytes / len(pool), queries, pool,
-                              setup_seconds=state.setup_seconds)  # fmt: skip
-        return Featurized("gradient", description, seconds, pool.shape[1] * pool.itemsize, queries, pool,
+        bytes_per_example = pool.shape[1] * pool.itemsize + shared_bytes / len(pool)
+        return Featurized("gradient", description, seconds, bytes_per_example, queries, pool,
                           setup_seconds=state.setup_seconds)  # fmt: skip
 
     return run
@@ -538,7 +532,7 @@ def run(args: EvalArguments) -> dict[str, Any]:
         write_json(folder / "eval_settings.json", settings)
     claim(folder, "eval_settings.json", settings,
           "use another --output_dir, or pass --overwrite to recompute every method")  # fmt: skip
-    ceiling = labels_noise_ceiling(labels_folder(args.labels), data)
+    ceiling = labels_noise_ceiling(data)
 
     runners: dict[str, Callable] = {}
     for method in methods:

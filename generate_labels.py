@@ -32,8 +32,8 @@ from transformers import HfArgumentParser
 
 from airrep.corpus import write_corpus
 from airrep.hub import configs_yaml, write_parquet
-from airrep.lds import ceiling_from_correlations, per_query_spearman
-from airrep.outputs import claim, write_text
+from airrep.lds import ceiling_from_twins
+from airrep.outputs import claim, write_json, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
 from airrep.subset_training import SFTSettings, train_and_score
 from airrep.target_lm import build_target_lm, load_target_lm, sft_example
@@ -262,18 +262,7 @@ def assemble(
     noise_rows = [s for s in shards if s["noise"]]
     if noise_rows:
         configs["noise"] = write_parquet(table(noise_rows), folder, "noise")
-        first = {s["pair_id"]: s for s in labels}
-        twins = [(first[s["pair_id"].removesuffix("-noise")], s) for s in noise_rows]
-        # Correlate within each split (its subsets share one query set), then average over queries.
-        per_query: list[np.ndarray] = []
-        for split in sorted({a["split_id"] for a, _ in twins}):
-            in_split = [(a, b) for a, b in twins if a["split_id"] == split]
-            if len(in_split) >= 3:
-                a = np.array([x["losses"] for x, _ in in_split])
-                b = np.array([y["losses"] for _, y in in_split])
-                per_query.append(per_query_spearman(a, b))
-        correlations = np.concatenate(per_query) if per_query else np.zeros(0)
-        ceiling = {"subsets": len(twins), **ceiling_from_correlations(correlations)}
+        ceiling = ceiling_from_twins(labels, noise_rows)
 
     summary = {
         "mode": args.mode,
@@ -289,7 +278,7 @@ def assemble(
         "target_lm": target,
         "settings": asdict(preset),
     }
-    write_text(folder / "summary.json", json.dumps(summary, indent=2))
+    write_json(folder / "summary.json", summary)
     write_text(folder / "README.md", card(summary, configs))
     return summary
 

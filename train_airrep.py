@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from airrep.lds_evaluator import LDSEvaluator
 from airrep.presets import TRAIN_PRESETS, resolve
 from airrep.ranking_loss import WEIGHTINGS, AirRepRankingLoss
-from airrep.training_data import AirRepDataCollator, FrozenLayerCache, load_labels, sample_rows
+from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger("train_airrep")
@@ -162,11 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     base = model[0].auto_model.config.base_model
     cache = None
     if preset.frozen_layers:
-        airrep = model[0].auto_model
-        airrep.config.frozen_layers = preset.frozen_layers
-        for module in (airrep.bert.embeddings, *airrep.bert.encoder.layer[: preset.frozen_layers]):
-            module.requires_grad_(False)
-        cache = FrozenLayerCache(model, data, preset.frozen_layers)
+        cache = freeze_lower_layers(model, data, preset.frozen_layers)
         logger.info("Cached the output of the %d frozen layer(s) for %d texts", preset.frozen_layers,
                     len(cache.states))  # fmt: skip
     loss = AirRepRankingLoss(model, weighting=args.weighting, mini_batch_size=preset.mini_batch_size or None)

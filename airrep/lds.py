@@ -5,6 +5,9 @@ The one implementation of LDS and of the noise ceiling; every script calls these
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import numpy as np
 from scipy.stats import bootstrap, rankdata
 
@@ -37,6 +40,34 @@ def noise_ceiling(losses_a: np.ndarray, losses_b: np.ndarray) -> dict[str, float
     losses; ``sqrt_r`` is the LDS a perfect predictor of the expected loss would reach against one run.
     """
     return ceiling_from_correlations(per_query_spearman(losses_a, losses_b))
+
+
+def ceiling_from_twins(
+    first: Iterable[Mapping[str, Any]], second: Iterable[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """The noise ceiling from subset models trained twice, as rows with ``pair_id``, ``split_id`` and ``losses``.
+
+    A row of ``second`` is the retrained twin of the ``first`` row whose ``pair_id`` it carries with a
+    ``-noise`` suffix. Correlations are taken within each split (its subsets share one query set) that
+    has at least 3 twins, then averaged over queries. Returns None when no row has a twin.
+    """
+    by_id = {row["pair_id"]: row for row in first}
+    twins = [
+        (by_id[row["pair_id"].removesuffix("-noise")], row)
+        for row in second
+        if row["pair_id"].removesuffix("-noise") in by_id
+    ]
+    if not twins:
+        return None
+    per_query: list[np.ndarray] = []
+    for split in sorted({a["split_id"] for a, _ in twins}):
+        in_split = [(a, b) for a, b in twins if a["split_id"] == split]
+        if len(in_split) >= 3:
+            a = np.array([x["losses"] for x, _ in in_split])
+            b = np.array([y["losses"] for _, y in in_split])
+            per_query.append(per_query_spearman(a, b))
+    correlations = np.concatenate(per_query) if per_query else np.zeros(0)
+    return {"subsets": len(twins), **ceiling_from_correlations(correlations)}
 
 
 def ceiling_from_correlations(per_query: np.ndarray) -> dict[str, float]:

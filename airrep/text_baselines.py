@@ -1,7 +1,7 @@
 """Lexical baselines: BM25 (bm25s) and TF-IDF cosine (scikit-learn), on the text AirRep sees.
 
-Both use their library's defaults (English stop words, word tokens of two or more characters), so
-nothing about them is tuned on the labels.
+Both run at their library's defaults (bm25s: k1 1.5, b 0.75, word tokens of two or more characters)
+with English stop words removed, so nothing about them is tuned on the labels.
 """
 
 from __future__ import annotations

@@ -178,6 +178,16 @@ class FrozenLayerCache:
         return {"layer_inputs": inputs, "attention_mask": mask}
 
 
+def freeze_lower_layers(model, data: LabelsData, layers: int) -> FrozenLayerCache:
+    """Freeze the embeddings and the lower ``layers`` encoder layers of ``model`` (a SentenceTransformer
+    around an AirRep), record that in its config, and cache their output for every text of ``data``."""
+    airrep = model[0].auto_model
+    airrep.config.frozen_layers = layers
+    for module in (airrep.bert.embeddings, *airrep.bert.encoder.layer[:layers]):
+        module.requires_grad_(False)
+    return FrozenLayerCache(model, data, layers)
+
+
 class AirRepDataCollator:
     """Tokenizes the union of a step's texts once: a pool example in several subsets is encoded once.
 

@@ -40,7 +40,7 @@ def one_variant(
     from sentence_transformers import SentenceTransformer
 
     from airrep.ranking_loss import AirRepRankingLoss
-    from airrep.training_data import AirRepDataCollator, FrozenLayerCache, load_labels, sample_rows
+    from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
     from modeling_airrep import AirRepModel
 
     data = load_labels(labels)
@@ -50,12 +50,8 @@ def one_variant(
         model = SentenceTransformer(folder, trust_remote_code=True)
     cache, cache_seconds = None, 0.0
     if frozen_layers:
-        airrep = model[0].auto_model
-        airrep.config.frozen_layers = frozen_layers
-        for module in (airrep.bert.embeddings, *airrep.bert.encoder.layer[:frozen_layers]):
-            module.requires_grad_(False)
         tic = time.perf_counter()
-        cache = FrozenLayerCache(model, data, frozen_layers)  # once per training run, not per step
+        cache = freeze_lower_layers(model, data, frozen_layers)  # once per training run, not per step
         cache_seconds = time.perf_counter() - tic
     model.train()
     batch = AirRepDataCollator(model.preprocess, data, union=union, cache=cache)([row])
