@@ -181,9 +181,10 @@ def load_eval_data(source: str) -> EvalData:
     (split,) = data.splits.values()
     pool = load_dataset(str(folder), "pool", split="train")
     labels_table = load_dataset(str(folder), "labels", split="train")
-    drop = {"id", "text"}
-    pool_records = [{k: v for k, v in r.items() if k not in drop} for r in pool]
-    query_records = [{k: v for k, v in queries[int(i)].items() if k not in drop} for i in split.queries]
+    # Rows keep their formatted `text` beside the original fields; split_record reads the fields first
+    # and falls back to `text` only for records that were plain text.
+    pool_records = pool.to_list()
+    query_records = [queries[int(i)] for i in split.queries]
     return EvalData(
         source, folder, data, split.subsets, split.losses, pool_records, query_records, summary,
         labels_table._fingerprint,

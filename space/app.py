@@ -174,10 +174,10 @@ def corpus_texts(model, records: list[dict[str, Any]]) -> list[str]:
         raise gr.Error(f"The corpus has {len(records):,} examples; this Space accepts at most {MAX_CORPUS:,}")
     texts = []
     for index, record in enumerate(records):
-        # A record that carries a formatted 'text' beside its fields (a labels pool) is read by its fields.
-        fields = {k: v for k, v in record.items() if k != "text"} if len(record) > 1 and "text" in record else record
+        # A labels-pool row carries a formatted `text` beside its fields; format_text reads the fields
+        # first and uses `text` only for records that were plain text.
         try:
-            text = model.config.format_text(fields, index=index)
+            text = model.config.format_text(record, index=index)
         except ValueError as error:
             raise gr.Error(f"Corpus record {index} cannot be used: {error}") from None
         if len(text) > MAX_TEXT_CHARS:

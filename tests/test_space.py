@@ -226,3 +226,8 @@ def test_corpus_embeddings_are_computed_once_per_corpus(client, app, tmp_path, m
     for query in QUERIES[:3]:
         call(client, *query, source="Uploaded file", upload=upload, k=2)
     assert sizes == [7, 1, 1, 1]  # the corpus once, then only the queries
+
+
+def test_plain_text_pool_rows_keep_their_text(app, model):
+    # A labels pool built from plain-text records has rows {"id", "text"}: the text is the record.
+    assert app.corpus_texts(model, [{"id": "0", "text": "alpha"}, {"id": "1", "text": "beta"}]) == ["alpha", "beta"]
