@@ -18,7 +18,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from transformers import HfArgumentParser
 
 from airrep.corpus import write_corpus
 from airrep.hub import configs_yaml, write_parquet
+from airrep.ladder import scale_spec, target_lm_folder_name
 from airrep.lds import ceiling_from_twins
 from airrep.outputs import claim, write_json, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
@@ -62,6 +63,11 @@ class LabelArguments:
         default=None,
         metadata={"help": "Causal LM folder or Hub id to attribute. "
                           "Default: the built-in small Llama, built in <output_dir>/../target-lm."},
+    )  # fmt: skip
+    target_lm_scale: int = field(
+        default=1,
+        metadata={"help": "Rung of the target-LM ladder (airrep.ladder): build the default target LM grown to "
+                          "about this many times its parameters, in <output_dir>/../target-lm-x<N>."},
     )  # fmt: skip
     pool_size: int | None = field(default=None, metadata={"help": "Override: pool (train split) size."})
     n_splits: int | None = field(default=None, metadata={"help": "Override (train mode): number of splits."})
@@ -227,6 +233,7 @@ def assemble(
     corpus: dict,
     target: str,
     run_seconds: float,
+    target_parameters: int,
 ) -> dict[str, Any]:
     shards = [json.loads(shard_path(folder, p).read_text()) for p in pairs]
     labels = [s for s in shards if not s["noise"]]
@@ -276,6 +283,7 @@ def assemble(
         "last_run_wall_seconds": run_seconds,
         "corpus": corpus,
         "target_lm": target,
+        "target_lm_parameters": target_parameters,
         "settings": asdict(preset),
     }
     write_json(folder / "summary.json", summary)
@@ -315,7 +323,7 @@ the mean token cross-entropy over the response tokens of `queries[queries[i]]` a
 - Design: {design}
 - Corpus: {summary["corpus"].get("name")} (`{summary["corpus"].get("source")}`), fingerprint
   `{summary["corpus"].get("fingerprint")}`; pool {summary["pool"]} examples, {summary["queries"]} queries.
-- Target LM: `{summary["target_lm"]}`.
+- Target LM: `{summary["target_lm"]}`, {summary["target_lm_parameters"]:,} parameters.
 - SFT: AdamW, learning rate {s["learning_rate"]} with linear decay, batch {s["batch_size"]}, {s["epochs"]} epoch(s),
   weight decay {s["weight_decay"]}, response-only loss; plan seed {s["seed"]}, corpus seed {s["corpus_seed"]}.
 - Subset models: {summary["labels"]} in `labels`; {summary["diverged"]} diverged (non-finite loss), kept
@@ -352,9 +360,15 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
     if args.preset not in LABEL_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(LABEL_PRESETS)}, got {args.preset!r}")
     overrides = {
-        k: v for k, v in asdict(args).items() if k not in {"output_dir", "preset", "mode", "corpus", "target_lm"}
+        k: v
+        for k, v in asdict(args).items()
+        if k not in {"output_dir", "preset", "mode", "corpus", "target_lm", "target_lm_scale"}
     }
     preset = resolve(LABEL_PRESETS[args.preset], overrides)
+    if args.target_lm_scale != 1:
+        if args.target_lm is not None:
+            raise ValueError("--target_lm_scale grows the built-in target LM; it cannot apply to --target_lm")
+        preset = replace(preset, target_lm=scale_spec(preset.target_lm, args.target_lm_scale))
     state = PartialState(cpu=not torch.cuda.is_available())
     started = time.perf_counter()
     folder = Path(args.output_dir)
@@ -365,7 +379,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
         pool, test = records["train"], records["test"]
         if args.target_lm is None:
             target_folder = build_target_lm(
-                work_dir / "target-lm",
+                work_dir / target_lm_folder_name(args.target_lm_scale),
                 records.get("pretrain", []),
                 [format_text(r) for split in records.values() for r in split],
                 preset.target_lm,
@@ -444,7 +458,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
     query_extra = {"split_id": [int(i // preset.queries_per_split) for i in range(len(query_records))],
                    "pool_index": [int(i) for i in query_source]} if args.mode == "train" else {}  # fmt: skip
     summary = assemble(folder, args, preset, pairs, pool, query_records, query_extra, corpus, target,
-                       time.perf_counter() - started)  # fmt: skip
+                       time.perf_counter() - started, sum(p.numel() for p in model.parameters()))  # fmt: skip
     shutil.rmtree(folder / "shards")  # everything is in the parquet files now; keep uploads small
     if not summary["labels"]:
         raise RuntimeError(

@@ -110,7 +110,15 @@ def bar_chart(results: dict[str, Any], path: Path) -> None:
     )
     axis.legend(fontsize=8)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Save a matplotlib figure atomically (like :mod:`airrep.outputs`) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     figure.savefig(tmp, dpi=120)
     plt.close(figure)
-    os.replace(tmp, path)  # atomic, like airrep.outputs
+    os.replace(tmp, path)

@@ -145,6 +145,25 @@ def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return token_losses.sum(-1), counts
 
 
+def llama_config(spec: TargetLMSpec, vocab_size: int, pad_token_id: int = 0, eos_token_id: int = 1) -> Any:
+    """The ``LlamaConfig`` of the built-in target LM for ``spec`` and a tokenizer of ``vocab_size`` tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_length,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+    )
+
+
 def build_target_lm(
     folder: str | Path, pretrain_records: Sequence[Mapping[str, Any]], all_texts: Sequence[str], spec: TargetLMSpec
 ) -> Path:
@@ -152,7 +171,7 @@ def build_target_lm(
 
     Reused as is when ``folder`` already holds a model built with the same spec.
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     folder = Path(folder)
     spec_file = folder / "target_lm_spec.json"
@@ -168,19 +187,7 @@ def build_target_lm(
 
     torch.manual_seed(spec.seed)
     tokenizer = train_tokenizer(all_texts, spec.vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_heads,
-        max_position_embeddings=spec.max_length,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    config = llama_config(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
     examples = [sft_example(tokenizer, r, spec.max_length, i) for i, r in enumerate(pretrain_records)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup_lr, weight_decay=0.0)

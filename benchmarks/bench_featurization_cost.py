@@ -1,23 +1,28 @@
-"""Featurization cost at the paper's scale: gradients of a Qwen2.5-0.5B-architecture target LM against
-AirRep's encoder, per example, in one run.
+"""Featurization cost against target-LM size: gradient methods on every rung of the target-LM ladder
+(``airrep.ladder``) up to the Qwen2.5-0.5B architecture, against AirRep's encoder, in one run.
 
-The target LM has Qwen2.5-0.5B's architecture (24 layers, d=896, 151,936-token vocabulary, 494M
-parameters) with random weights: the cost of a forward and backward pass does not depend on the
-weights. Its gradient featurization is LoGra as ``eval_lds.py`` runs it (``airrep.gradient_methods``):
-one forward and one backward to the activations per batch, and a Kronecker-factored projection of
-every linear layer's gradient. LoGra is the cheapest gradient method we ship; with ``--full_gradient``
-the run also times one plain backward per example, the full gradient that grad-dot, grad-cos and TracIn start from (a
-lower bound on their cost: the projection is not timed).
+Rungs ``x1``, ``x10``, ``x100`` are the built-in Llama target LM of a label preset (default ``demo``)
+grown to 1x, 10x and 100x its parameters; ``qwen2.5-0.5b`` is Qwen2.5-0.5B's architecture (24 layers,
+d=896, 151,936-token vocabulary, 494M parameters). All have random weights: the cost of a forward and
+backward pass does not depend on the weights. On every rung:
+
+- ``logra``: LoGra exactly as ``eval_lds.py`` runs it (``airrep.gradient_methods.LoGra``): one forward
+  and one backward to the activations per batch, and a Kronecker-factored projection of every linear
+  layer's gradient to about ``--logra_dim`` numbers.
+- ``grad-dot``: per-example gradients (``torch.func`` vmap) and the sparse random projection to
+  ``--projection_dim`` numbers, as ``eval_lds.py`` runs grad-dot and grad-cos (TracIn costs this
+  once per checkpoint). Above ``--vmap_max_parameters`` (vmap runs out of 24 GiB at 0.5B and the
+  projection is too slow to build) it is one plain backward per example without the projection,
+  recorded as a lower bound.
 
 The AirRep side is ``AirRepModel.encode`` with the bundled all-MiniLM-L6-v2 (6 layers) and with the
-architecture of gte-small (12 layers, the paper's encoder; random weights).
+architecture of gte-small (12 layers, the paper's encoder; random weights); its cost does not depend
+on the target LM. Every side sees the same examples: prompt/response records from standard-library
+docstrings. A target LM is fed as many tokens per example as the encoder's WordPiece tokenizer makes
+of the same text (random ids in its vocabulary), so all rungs see the same token counts.
 
-Both sides see the same texts, real prompt/response records from standard-library docstrings. The
-target LM is fed as many tokens per example as the encoder's WordPiece tokenizer produces for the
-same text (random ids), since Qwen's tokenizer is not available offline; the response is the second
-half of each sequence.
-
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_featurization_cost.py --n 16 --full_gradient
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_featurization_cost.py --n 16 \\
+        --output out/bench/cost_curve.json --plot out/bench/cost_curve.png
 """
 
 from __future__ import annotations
@@ -30,18 +35,17 @@ import time
 import numpy as np
 import torch
 
-from airrep.gradient_methods import LoGra
-from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, response_losses
+from airrep.gradient_methods import GradientProjector, LoGra, projected_gradients
+from airrep.ladder import QWEN25_05B, cost_crossings, ladder
+from airrep.ladder_report import cost_curve_plot
+from airrep.presets import LABEL_PRESETS
+from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, llama_config, response_losses
 from benchmarks.bench_encode import stdlib_records
 from configuration_airrep import format_text
 from modeling_airrep import AirRepConfig, AirRepModel
 
-QWEN25_05B = dict(
-    vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)  # fmt: skip
 GTE_SMALL = dict(num_hidden_layers=12, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+QWEN_RUNG = "qwen2.5-0.5b"
 
 
 def gte_small(minilm: AirRepModel) -> AirRepModel:
@@ -57,89 +61,140 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - tic
 
 
+def build_rung(name: str, preset: str) -> torch.nn.Module:
+    """A rung's target LM with random weights, eager attention (vmap needs it), eval mode."""
+    if name == QWEN_RUNG:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B))
+    else:
+        from transformers import LlamaForCausalLM
+
+        spec = ladder(LABEL_PRESETS[preset].target_lm, (1, int(name.removeprefix("x"))))[name]
+        config = llama_config(spec, spec.vocab_size)
+        config.max_position_embeddings = 512  # the bench's texts are longer than the corpus's
+        model = LlamaForCausalLM(config)
+    model.set_attn_implementation("eager")
+    return model.eval()
+
+
+def full_backward_seconds(model: torch.nn.Module, examples: list[SFTExample]) -> float:
+    """Seconds for one plain backward per example, flattening each full gradient (no projection)."""
+
+    def one(example: SFTExample) -> float:
+        model.zero_grad(set_to_none=True)
+        ids, labels = collate([example], 0)
+        summed, count = response_losses(model(input_ids=ids, use_cache=False).logits, labels)
+        (summed[0] / count[0]).backward()
+        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).sum().item()
+
+    one(examples[0])  # warm-up
+    _, seconds = timed(lambda: [one(e) for e in examples])
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dict:
+    torch.manual_seed(0)
+    model, build_seconds = timed(build_rung, name, args.preset)
+    n_params = sum(p.numel() for p in model.parameters())
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    examples = []
+    for length in lengths:
+        ids = rng.integers(0, vocab, length).tolist()
+        prompt = length // 2
+        examples.append(SFTExample(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    n = len(examples)
+
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    rank = max(1, int(np.sqrt(args.logra_dim / n_linear)))
+    logra = LoGra(model, rank)
+    logra.features(examples[: args.gradient_batch_size], 0, args.gradient_batch_size, "warm-up")
+    _, logra_seconds = timed(logra.features, examples, 0, args.gradient_batch_size, f"LoGra {name}")
+    entry = {
+        "rung": name,
+        "parameters": n_params,
+        "build_seconds": build_seconds,
+        "logra": {"seconds_per_example": logra_seconds / n, "dim": logra.dim, "rank": rank,
+                  "linear_layers": n_linear, "bytes_per_example": logra.dim * 4},
+    }  # fmt: skip
+    if n_params <= args.vmap_max_parameters:
+        projector, projector_seconds = timed(GradientProjector, n_params, args.projection_dim)
+        params = dict(model.named_parameters())
+        batch = args.gradient_batch_size
+        projected_gradients(model, params, examples[:batch], 0, projector, batch, "warm-up")
+        _, seconds = timed(projected_gradients, model, params, examples, 0, projector, batch, f"grad-dot {name}")
+        entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
+                             "kind": "measured", "projector_build_seconds": projector_seconds}  # fmt: skip
+    else:
+        seconds = full_backward_seconds(model, examples)
+        entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
+                             "kind": "lower bound (one backward per example, projection not timed)"}  # fmt: skip
+    print(json.dumps(entry), flush=True)
+    return entry
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=16, help="examples featurized by both sides")
+    parser.add_argument("--rungs", nargs="+", default=["x1", "x10", "x100", QWEN_RUNG],
+                        help=f"ladder rungs (xN) and/or {QWEN_RUNG}")  # fmt: skip
+    parser.add_argument("--preset", default="demo", help="label preset whose target LM is the ladder's x1")
+    parser.add_argument("--n", type=int, default=16, help="examples featurized by every side")
     parser.add_argument("--encode_repeats", type=int, default=5, help="timed encodes of the examples (median)")
     parser.add_argument("--gradient_batch_size", type=int, default=4)
     parser.add_argument("--encode_batch_size", type=int, default=32)
     parser.add_argument("--logra_dim", type=int, default=18432, help="LoGra numbers per example (the paper's)")
-    parser.add_argument("--full_gradient", action="store_true", help="also time grad-dot's full gradients")
     parser.add_argument("--projection_dim", type=int, default=4096, help="grad-dot numbers stored per example")
+    parser.add_argument("--vmap_max_parameters", type=float, default=2e8,
+                        help="above this size grad-dot is timed as a plain backward (a lower bound)")  # fmt: skip
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
+    parser.add_argument("--plot", default=None, help="draw the cost curve (PNG) here")
     args = parser.parse_args()
-    torch.manual_seed(0)
+    for name in args.rungs:
+        if name != QWEN_RUNG and not (name.startswith("x") and name[1:].isdigit()):
+            parser.error(f"unknown rung {name!r}: use xN (a ladder factor) or {QWEN_RUNG}")
 
     records = stdlib_records(args.n)
-    texts = [format_text(r) for r in records]
+    texts = [format_text(r) for r in records][: args.n]
     minilm = AirRepModel.from_encoder()
     lengths = [min(len(ids), 512) for ids in minilm.tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
-    # AirRep encodes the very examples the target LM featurizes, --encode_repeats times; the median counts.
-    sample = texts[: args.n]
-    encoder_seconds = {}
+    # AirRep encodes the very examples the target LMs featurize, --encode_repeats times; the median counts.
+    encoders = {}
     for name, encoder in (("airrep_minilm", minilm), ("airrep_gte_small_arch", gte_small(minilm))):
-        encoder.encode(sample[: args.encode_batch_size], batch_size=args.encode_batch_size)  # warm-up
-        encoder_seconds[name] = statistics.median(
-            timed(encoder.encode, sample, batch_size=args.encode_batch_size)[1] for _ in range(args.encode_repeats)
+        encoder.encode(texts[: args.encode_batch_size], batch_size=args.encode_batch_size)  # warm-up
+        seconds = statistics.median(
+            timed(encoder.encode, texts, batch_size=args.encode_batch_size)[1] for _ in range(args.encode_repeats)
         )
+        encoders[name] = {"seconds_per_example": seconds / args.n, "bytes_per_example": 384 * 4}
+        print(name, json.dumps(encoders[name]), flush=True)
 
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    target, build_seconds = timed(lambda: Qwen2ForCausalLM(Qwen2Config(**QWEN25_05B)).eval())
-    target.set_attn_implementation("eager")
-    n_params = sum(p.numel() for p in target.parameters())
-    rng = np.random.default_rng(0)
-    examples = []
-    for length in lengths:
-        ids = rng.integers(0, QWEN25_05B["vocab_size"], length).tolist()
-        prompt = length // 2
-        examples.append(SFTExample(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
-    n_linear = sum(isinstance(m, torch.nn.Linear) for m in target.modules())
-    rank = max(1, int(np.sqrt(args.logra_dim / n_linear)))
-    logra = LoGra(target, rank)
-    logra.features(examples[: args.gradient_batch_size], 0, args.gradient_batch_size, "warm-up")
-    _, logra_seconds = timed(logra.features, examples, 0, args.gradient_batch_size, "LoGra")
-
+    rungs = [measure_rung(name, args, lengths) for name in args.rungs]
     figures = {
-        "target_lm": {"architecture": "Qwen2.5-0.5B (random weights)", "parameters": n_params,
-                      "build_seconds": build_seconds},
         "tokens_per_example": float(np.mean(lengths)),
         "threads": torch.get_num_threads(),
-        "logra": {"seconds_per_example": logra_seconds / args.n, "dim": logra.dim, "rank": rank,
-                  "linear_layers": n_linear, "bytes_per_example": logra.dim * 4},
-        **{name: {"seconds_per_example": seconds / args.n, "bytes_per_example": 384 * 4}
-           for name, seconds in encoder_seconds.items()},
-    }  # fmt: skip
-    if args.full_gradient:
-        # A lower bound for grad-dot, grad-cos and TracIn: one plain backward per example and the
-        # flattened gradient, before any projection. (vmap over examples runs out of 24 GiB at this size,
-        # and scikit-learn's sparse projection is too slow to build at 494M parameters; at this scale
-        # TRAK-style methods project on a GPU.)
-        def full_gradient(example: SFTExample) -> torch.Tensor:
-            target.zero_grad(set_to_none=True)
-            ids, labels = collate([example], 0)
-            summed, count = response_losses(target(input_ids=ids, use_cache=False).logits, labels)
-            (summed[0] / count[0]).backward()
-            return torch.cat([p.grad.reshape(-1) for p in target.parameters()])
-
-        full_gradient(examples[0])
-        _, grad_seconds = timed(lambda: [full_gradient(e).sum() for e in examples])
-        target.zero_grad(set_to_none=True)
-        figures["full_gradient_lower_bound"] = {"seconds_per_example": grad_seconds / args.n,
-                                                "bytes_per_example": args.projection_dim * 4}  # fmt: skip
-
-    print(json.dumps(figures, indent=2))
-    for side in ("airrep_minilm", "airrep_gte_small_arch"):
-        encode = figures[side]["seconds_per_example"]
-        for method in ("logra", "full_gradient_lower_bound"):
-            if method in figures:
-                cost = figures[method]["seconds_per_example"]
-                storage = figures[method]["bytes_per_example"] / figures[side]["bytes_per_example"]
-                print(f"{method} / {side}: {cost / encode:.1f}x seconds per example, {storage:.1f}x bytes per example")
+        "preset": args.preset,
+        "encoders": encoders,
+        "rungs": rungs,
+        "crossings": {
+            f"{method} vs {encoder}": cost_crossings(rungs, method, encoders[encoder]["seconds_per_example"])
+            for method in ("logra", "grad-dot")
+            for encoder in encoders
+        },
+    }
+    print(json.dumps(figures["crossings"], indent=2))
+    print(f"{'rung':>14} {'params':>12} {'logra s/ex':>11} {'grad-dot s/ex':>14} {'logra/MiniLM':>13}")
+    minilm_cost = encoders["airrep_minilm"]["seconds_per_example"]
+    for rung in rungs:
+        print(f"{rung['rung']:>14} {rung['parameters']:>12,} {rung['logra']['seconds_per_example']:>11.4f} "
+              f"{rung['grad-dot']['seconds_per_example']:>14.4f} "
+              f"{rung['logra']['seconds_per_example'] / minilm_cost:>12.2f}x")  # fmt: skip
     if args.output:
         with open(args.output, "w") as handle:
             json.dump(figures, handle, indent=2)
+    if args.plot:
+        cost_curve_plot(figures, args.plot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""The ladder report: quality and cost of every method on every rung of the target-LM ladder.
+
+It reads ``eval_lds.py`` report folders (one or more per rung, e.g. one per gradient projection size)
+and recomputes every LDS and interval from their saved score matrices (``scores/*.npy``) against the
+rung's labels, so a figure in the ladder report cannot drift from the scores it came from. Costs
+(featurization seconds and bytes per example) are measurements and are taken from ``results.json``.
+
+Gradient methods are named with their projection budget (``logra@4096``), since one rung holds
+several sizes of each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airrep.eval_report import POOLINGS, recompute_lds, save_figure
+
+GRADIENT_KIND = "gradient"
+# Two LDS values computed from the same matrix by the same code differ only by float summation order.
+RECOMPUTE_TOLERANCE = 1e-6
+
+
+class ReportMismatchError(ValueError):
+    """A report's ``results.json`` disagrees with what its saved score matrices give."""
+
+
+def method_label(name: str, details: dict[str, Any], projection_dim: int) -> str:
+    """``name``, with ``@projection_dim`` for a gradient method."""
+    return f"{name}@{projection_dim}" if details.get("kind") == GRADIENT_KIND else name
+
+
+def rung_methods(report_folders: list[str | os.PathLike], losses: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Every method of one rung's report folders, LDS recomputed from the saved scores.
+
+    Args:
+        report_folders: ``eval_lds.py`` output folders made on the rung's labels.
+        losses: ``(subsets, queries)`` losses of those labels.
+
+    Raises:
+        ReportMismatchError: a saved score matrix no longer gives the LDS its ``results.json`` records
+            (the message names the file), or two folders give one method different scores.
+    """
+    methods: dict[str, dict[str, Any]] = {}
+    for folder in map(Path, report_folders):
+        results = json.loads((folder / "results.json").read_text())
+        settings = results["settings"]
+        recomputed = recompute_lds(
+            folder, losses, settings["bootstrap_resamples"], settings["confidence"], settings["seed"]
+        )
+        for name, poolings in results["methods"].items():
+            details = results["method_details"].get(name, {})
+            label = method_label(name, details, settings["projection_dim"])
+            entry: dict[str, Any] = {"kind": details.get("kind"), "description": details.get("description"),
+                                     "report": str(folder), "poolings": {}}  # fmt: skip
+            for pooling, recorded in poolings.items():
+                fresh = recomputed.get(name, {}).get(pooling)
+                file = folder / "scores" / f"{name}.{pooling}.npy"
+                if fresh is None:
+                    raise ReportMismatchError(f"{file} is missing; results.json lists {name} ({pooling})")
+                if not math.isclose(fresh["lds"], recorded["lds"], abs_tol=RECOMPUTE_TOLERANCE):
+                    raise ReportMismatchError(
+                        f"{file} gives LDS {fresh['lds']:.6f} but {folder / 'results.json'} records "
+                        f"{recorded['lds']:.6f}: the report folder was changed after it was written"
+                    )
+                entry["poolings"][pooling] = {
+                    **fresh,
+                    "featurize_seconds_per_example": recorded["featurize_seconds_per_example"],
+                    "bytes_per_example": recorded["bytes_per_example"],
+                }
+            if label in methods:
+                previous = methods[label]["poolings"]
+                same = all(
+                    math.isclose(previous[p]["lds"], entry["poolings"][p]["lds"], abs_tol=RECOMPUTE_TOLERANCE)
+                    for p in set(previous) & set(entry["poolings"])
+                )
+                if not same:
+                    raise ReportMismatchError(
+                        f"{label} is in {methods[label]['report']} and in {folder} with different scores"
+                    )
+                continue  # the same method scored twice (e.g. tfidf in every projection-size folder)
+            methods[label] = entry
+    return methods
+
+
+def best_pooling(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The pooling with the higher LDS, for one-number summaries across rungs."""
+    return max(entry["poolings"].items(), key=lambda item: -math.inf if math.isnan(item[1]["lds"]) else item[1]["lds"])
+
+
+def _fmt(entry: dict[str, Any] | None) -> str:
+    if entry is None or math.isnan(entry["lds"]):
+        return "—"
+    low, high = entry["ci"]
+    return f"{100 * entry['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """One table per rung, a summary across rungs, and the cost curve when there is one."""
+    lines = ["# AirRep across target-LM sizes", ""]
+    for rung, data in report["rungs"].items():
+        ceiling = data.get("noise_ceiling") or {}
+        lines += [
+            f"## Rung {rung}: {data['parameters']:,} parameters",
+            "",
+            f"Labels `{data['labels']}`: {data['n_subsets']} subsets, {data['n_queries']} queries. "
+            f"LDS x100 recomputed from the saved score matrices, 95% bootstrap intervals over queries.",
+            "",
+            "| method | LDS sum | LDS attention | featurize s/example | bytes/example |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in data["methods"].items():
+            first = next(iter(entry["poolings"].values()))
+            lines.append(
+                f"| {name} | {_fmt(entry['poolings'].get('sum'))} | {_fmt(entry['poolings'].get('attention'))} | "
+                f"{first['featurize_seconds_per_example']:.4g} | {first['bytes_per_example']:,.0f} |"
+            )
+        if ceiling.get("sqrt_r") is not None:
+            lines.append(f"| noise ceiling sqrt(r) (r = {ceiling['r']:.3f}) | {100 * ceiling['sqrt_r']:.1f} | | | |")
+        lines += ["", f"![frontier]({data['frontier_plot']})", ""]
+
+    names = list(dict.fromkeys(n for data in report["rungs"].values() for n in data["methods"]))
+    rungs = list(report["rungs"])
+    lines += ["## Best pooling per method and rung (LDS x100)", "",
+              "| method | " + " | ".join(rungs) + " |", "|---|" + "---|" * len(rungs)]  # fmt: skip
+    for name in names:
+        cells = []
+        for rung in rungs:
+            entry = report["rungs"][rung]["methods"].get(name)
+            if entry is None:
+                cells.append("—")
+            else:
+                pooling, best = best_pooling(entry)
+                cells.append(f"{_fmt(best)} ({pooling})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    curve = report.get("cost_curve")
+    if curve:
+        header = "| rung | parameters | LoGra s/example | grad-dot s/example | AirRep MiniLM | AirRep gte-small arch |"
+        lines += ["", "## Featurization cost against target-LM size", "", header, "|---|---|---|---|---|---|"]
+        encoders = curve["encoders"]
+        for rung in curve["rungs"]:
+            bound = " (lower bound)" if rung["grad-dot"].get("kind", "measured") != "measured" else ""
+            lines.append(
+                f"| {rung['rung']} | {rung['parameters']:,} | {rung['logra']['seconds_per_example']:.4g} | "
+                f"{rung['grad-dot']['seconds_per_example']:.4g}{bound} | "
+                f"{encoders['airrep_minilm']['seconds_per_example']:.4g} | "
+                f"{encoders['airrep_gte_small_arch']['seconds_per_example']:.4g} |"
+            )
+        lines += ["", "Crossings (interpolated in log parameters):", ""]
+        for what, crossing in curve["crossings"].items():
+            at = crossing["crossing_parameters"]
+            where = (f"crosses at about {at / 1e6:,.1f}M parameters (between {' and '.join(crossing['between'])})"
+                     if at else "does not cross in the measured range")  # fmt: skip
+            lines.append(f"- {what}: {where}; the gradient method is cheaper on "
+                         f"{crossing['cheaper_than_reference_on'] or 'no rung'}.")  # fmt: skip
+        lines += ["", f"![cost curve]({report['cost_curve_plot']})"]
+    return "\n".join(lines) + "\n"
+
+
+def frontier_plot(rung: str, data: dict[str, Any], path: str | os.PathLike) -> None:
+    """LDS (with intervals) against featurization seconds and against bytes per example, with sqrt(r)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    colors = plt.get_cmap("tab20")
+    markers = {"sum": "o", "attention": "^"}
+    for axis, cost, xlabel in (
+        (axes[0], "featurize_seconds_per_example", "featurization seconds per example (log)"),
+        (axes[1], "bytes_per_example", "bytes stored per example (log)"),
+    ):
+        for index, (name, entry) in enumerate(data["methods"].items()):
+            for pooling, point in entry["poolings"].items():
+                if math.isnan(point["lds"]):
+                    continue
+                y, (low, high) = 100 * point["lds"], point["ci"]
+                axis.errorbar(point[cost], y, yerr=[[y - 100 * low], [100 * high - y]], fmt=markers.get(pooling, "s"),
+                              color=colors(index % 20), capsize=2, markersize=6,
+                              label=name if pooling == POOLINGS[0] else None)  # fmt: skip
+                axis.annotate(name, (point[cost], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ceiling = (data.get("noise_ceiling") or {}).get("sqrt_r")
+        if ceiling is not None:
+            axis.axhline(100 * ceiling, color="black", linestyle="--", linewidth=1, label="noise ceiling sqrt(r)")
+        axis.axhline(0, color="grey", linewidth=0.6)
+        axis.set_xscale("log")
+        axis.set_xlabel(xlabel)
+    axes[0].set_ylabel("LDS x100 (o sum, ^ attention pooling)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.suptitle(f"Rung {rung}: target LM with {data['parameters']:,} parameters")
+    figure.tight_layout()
+    save_figure(figure, Path(path))
+
+
+def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
+    """Featurization seconds per example against target-LM parameters, log-log, AirRep as flat lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rungs = sorted(curve["rungs"], key=lambda r: r["parameters"])
+    params = [r["parameters"] for r in rungs]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for method, color in (("logra", "tab:red"), ("grad-dot", "tab:orange")):
+        seconds = [r[method]["seconds_per_example"] for r in rungs]
+        axis.plot(params, seconds, "-", color=color, label=f"{method} (TracIn: x checkpoints)" if method == "grad-dot"
+                  else method)  # fmt: skip
+        for p, s, r in zip(params, seconds, rungs, strict=True):
+            bound = r[method].get("kind", "measured") != "measured"
+            axis.plot(p, s, "o", color=color, markerfacecolor="white" if bound else color)
+    for (name, encoder), style in zip(curve["encoders"].items(), ("-", "--"), strict=False):
+        axis.axhline(encoder["seconds_per_example"], color="tab:blue", linestyle=style, label=name)
+    for r in rungs:
+        axis.annotate(r["rung"], (r["parameters"], r["logra"]["seconds_per_example"]), fontsize=7,
+                      xytext=(3, -10), textcoords="offset points")  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("target-LM parameters")
+    axis.set_ylabel("featurization seconds per example")
+    axis.set_title(f"Cost per example ({curve['tokens_per_example']:.0f} tokens, {curve['threads']} CPU threads); "
+                   "hollow: lower bound", fontsize=9)  # fmt: skip
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    save_figure(figure, Path(path))

@@ -1,0 +1,163 @@
+"""The target-LM ladder: rung construction, labels per rung, the cost crossings, and the ladder report
+recomputed from saved score matrices, at smoke size."""
+
+import json
+import math
+import shutil
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from transformers import LlamaForCausalLM
+
+from airrep.ladder import cost_crossings, count_parameters, ladder, scale_spec
+from airrep.ladder_report import ReportMismatchError
+from airrep.presets import LABEL_PRESETS
+from airrep.target_lm import llama_config
+from eval_lds import EvalArguments, load_eval_data
+from eval_lds import run as evaluate
+from generate_labels import LabelArguments
+from generate_labels import run as generate
+from ladder_report import LadderReportArguments, build, parse_rungs
+
+
+@pytest.mark.parametrize("preset", ["smoke", "demo", "bench"])
+def test_rungs_grow_by_their_factor_and_keep_the_recipe(preset):
+    base = LABEL_PRESETS[preset].target_lm
+    rungs = ladder(base, (1, 10, 100))
+    assert list(rungs) == ["x1", "x10", "x100"]
+    assert rungs["x1"] == base
+    for factor, spec in zip((10, 100), (rungs["x10"], rungs["x100"]), strict=True):
+        ratio = count_parameters(spec) / count_parameters(base)
+        assert 0.8 * factor <= ratio <= 1.25 * factor, (preset, factor, ratio)
+        assert spec.hidden_size // spec.num_heads == base.hidden_size // base.num_heads  # head size
+        assert spec.intermediate_size / spec.hidden_size == pytest.approx(base.intermediate_size / base.hidden_size)
+        assert spec.num_layers >= base.num_layers and spec.hidden_size > base.hidden_size
+        kept = ("vocab_size", "max_length", "warmup_epochs", "warmup_lr", "warmup_batch_size", "seed")
+        assert {k: asdict(spec)[k] for k in kept} == {k: asdict(base)[k] for k in kept}
+    assert count_parameters(rungs["x100"]) > count_parameters(rungs["x10"])
+
+
+@pytest.mark.parametrize("factor", [1, 10, 100])
+def test_closed_form_parameter_count_matches_a_built_llama(factor):
+    spec = scale_spec(LABEL_PRESETS["demo"].target_lm, factor)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama_config(spec, spec.vocab_size))
+    assert count_parameters(spec) == sum(p.numel() for p in model.parameters())
+
+
+def test_bad_factors_are_refused():
+    base = LABEL_PRESETS["smoke"].target_lm
+    with pytest.raises(ValueError, match="at least 1"):
+        scale_spec(base, 0.5)
+    with pytest.raises(ValueError, match="repeat"):
+        ladder(base, (1, 10, 10))
+
+
+def test_cost_crossing_is_interpolated_in_log_parameters():
+    rungs = [
+        {"rung": "a", "parameters": 1e6, "m": {"seconds_per_example": 0.5}},
+        {"rung": "b", "parameters": 1e8, "m": {"seconds_per_example": 2.0}},
+        {"rung": "c", "parameters": 1e9, "m": {"seconds_per_example": 8.0}},
+    ]
+    crossing = cost_crossings(rungs, "m", 1.0)
+    # log-ratios -log 2 and +log 2 around 1e6 and 1e8: the crossing is halfway in log space, 1e7.
+    assert crossing["crossing_parameters"] == pytest.approx(1e7)
+    assert crossing["between"] == ["a", "b"]
+    assert crossing["cheaper_than_reference_on"] == ["a"] and crossing["dearer_on"] == ["b", "c"]
+    never = cost_crossings(rungs, "m", 0.1)
+    assert never["crossing_parameters"] is None and never["cheaper_than_reference_on"] == []
+
+
+@pytest.fixture(scope="module")
+def rungs(tmp_path_factory):
+    """Smoke lds labels on rungs x1 and x10 of one corpus, each scored at two projection sizes."""
+    work = tmp_path_factory.mktemp("ladder")
+    reports = {}
+    for factor in (1, 10):
+        labels = work / f"labels-lds-x{factor}"
+        generate(LabelArguments(output_dir=str(labels), preset="smoke", mode="lds", target_lm_scale=factor))
+        reports[f"x{factor}"] = []
+        for dim in (16, 32):
+            folder = work / f"report-x{factor}-d{dim}"
+            evaluate(EvalArguments(labels=str(labels), output_dir=str(folder), methods=["tfidf", "grad-cos", "logra"],
+                                   projection_dim=dim))  # fmt: skip
+            reports[f"x{factor}"].append(str(folder))
+    return work, reports
+
+
+def test_each_rung_builds_its_own_target_lm_from_the_same_corpus(rungs):
+    work, _ = rungs
+    summaries = {f: json.loads((work / f"labels-lds-{f}" / "summary.json").read_text()) for f in ("x1", "x10")}
+    assert summaries["x1"]["target_lm"].endswith("target-lm")
+    assert summaries["x10"]["target_lm"].endswith("target-lm-x10")
+    assert summaries["x1"]["corpus"]["fingerprint"] == summaries["x10"]["corpus"]["fingerprint"]
+    built = LlamaForCausalLM.from_pretrained(summaries["x10"]["target_lm"])
+    expected = scale_spec(LABEL_PRESETS["smoke"].target_lm, 10)
+    assert summaries["x10"]["target_lm_parameters"] == sum(p.numel() for p in built.parameters())
+    assert summaries["x10"]["target_lm_parameters"] == count_parameters(expected)
+    assert summaries["x10"]["settings"]["target_lm"] == asdict(expected)
+    card = (work / "labels-lds-x10" / "README.md").read_text()
+    assert f"{summaries['x10']['target_lm_parameters']:,} parameters" in card and "s wall" in card
+
+
+def test_scale_applies_only_to_the_built_in_target_lm(rungs, tmp_path):
+    work, _ = rungs
+    with pytest.raises(ValueError, match="cannot apply to --target_lm"):
+        generate(LabelArguments(output_dir=str(tmp_path / "x"), preset="smoke", mode="lds", target_lm_scale=10,
+                                target_lm=str(work / "target-lm")))  # fmt: skip
+
+
+def test_ladder_report_recomputes_every_lds_from_the_saved_scores(rungs, tmp_path):
+    work, reports = rungs
+    items = [f"{rung}={','.join(folders)}" for rung, folders in reports.items()]
+    report = build(LadderReportArguments(output_dir=str(tmp_path / "ladder"), rung=items))
+    assert list(report["rungs"]) == ["x1", "x10"]
+    for rung, folders in reports.items():
+        entry = report["rungs"][rung]
+        # tfidf appears once however many folders scored it; gradient methods once per projection size.
+        assert set(entry["methods"]) == {"tfidf", "grad-cos@16", "grad-cos@32", "logra@16", "logra@32"}
+        losses = load_eval_data(entry["labels"]).losses
+        for folder in folders:
+            dim = json.loads((work / folder / "results.json").read_text())["settings"]["projection_dim"]
+            scores = np.load(work / folder / "scores" / "grad-cos.attention.npy")
+            # An independent LDS: Spearman of scores with negated losses, per query, averaged.
+            rhos = [spearmanr(scores[:, q], -losses[:, q]).statistic for q in range(losses.shape[1])]
+            expected = float(np.mean([0.0 if math.isnan(r) else r for r in rhos]))
+            assert entry["methods"][f"grad-cos@{dim}"]["poolings"]["attention"]["lds"] == pytest.approx(expected)
+        assert (tmp_path / "ladder" / f"frontier-{rung}.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "ladder" / "ladder.md").read_text()
+    assert "## Rung x10" in markdown and "| logra@32 |" in markdown and "noise ceiling sqrt(r)" in markdown
+    on_disk = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert on_disk["rungs"]["x10"]["parameters"] == report["rungs"]["x10"]["parameters"]
+
+
+def test_a_changed_score_matrix_is_caught(rungs, tmp_path):
+    _, reports = rungs
+    copy = tmp_path / "report"
+    shutil.copytree(reports["x1"][0], copy)
+    file = copy / "scores" / "tfidf.sum.npy"
+    np.save(file, -np.load(file))
+    with pytest.raises(ReportMismatchError, match=r"tfidf\.sum\.npy"):
+        build(LadderReportArguments(output_dir=str(tmp_path / "out"), rung=[f"x1={copy}"]))
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        ([], "at least one --rung"),
+        (["x1"], "expected NAME=REPORT_FOLDER"),
+        (["x1=/no/such/report"], "not an eval_lds.py report"),
+    ],
+)
+def test_bad_rung_arguments_are_named(items, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        parse_rungs(items)
+
+
+def test_a_rung_given_twice_is_refused(rungs):
+    _, reports = rungs
+    with pytest.raises(ValueError, match="given twice"):
+        parse_rungs([f"x1={reports['x1'][0]}", f"x1={reports['x1'][1]}"])
