@@ -28,6 +28,16 @@ class LDSEvaluator(BaseEvaluator):
         self.primary_metric = "lds_attention"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        metrics = {f"lds_{p}": float(v.mean()) for p, v in self.per_query(model).items()}
+        metrics = self.prefix_name_to_metrics(metrics, self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+    def per_query(self, model) -> dict[str, np.ndarray]:
+        """``{pooling: per-query LDS}`` over the queries of every split, in split order.
+
+        ``model`` is anything with ``encode(texts, batch_size=...)``: a SentenceTransformer or an AirRepModel.
+        """
         pool_rows = np.unique(np.concatenate([s for i in self.split_ids for s in self.data.splits[i].subsets]))
         position = np.full(len(self.data.pool_texts), -1)
         position[pool_rows] = np.arange(pool_rows.size)
@@ -40,10 +50,7 @@ class LDSEvaluator(BaseEvaluator):
             for pooling in per_query:
                 scores = group_influence(queries, pool, subsets, pooling=pooling)
                 per_query[pooling].append(per_query_spearman(scores, -split.losses))
-        metrics = {f"lds_{p}": float(np.concatenate(v).mean()) for p, v in per_query.items()}
-        metrics = self.prefix_name_to_metrics(metrics, self.name)
-        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
-        return metrics
+        return {p: np.concatenate(v) for p, v in per_query.items()}
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"splits": self.split_ids}

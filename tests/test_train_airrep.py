@@ -191,3 +191,42 @@ def test_training_over_frozen_layers_changes_only_the_layers_above(labels, saved
     assert any(name.startswith("bert.encoder.layer.5.") for name in changed)
     record = json.loads((output / "airrep_training.json").read_text())
     assert record["preset"]["frozen_layers"] == 5
+
+
+def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, capsys):
+    from airrep.compare_validation import UNTRAINED, compare, held_out_splits
+    from airrep.compare_validation import main as compare_main
+    from airrep.lds_evaluator import LDSEvaluator
+
+    splits = held_out_splits([UNTRAINED, str(trained)])
+    assert splits == json.loads((trained / "airrep_training.json").read_text())["held_out_splits"]
+    result = compare(str(labels), [UNTRAINED, str(trained)], str(trained), splits, n_resamples=200)
+    evaluator = LDSEvaluator(load_labels(str(labels)), splits)
+    for name, model in ((UNTRAINED, AirRepModel.from_encoder()), (str(trained), AirRepModel.from_pretrained(trained))):
+        values = evaluator.per_query(model.eval())
+        for pooling, v in values.items():
+            entry = result["models"][name][pooling]
+            assert entry["lds"] == pytest.approx(v.mean())
+    own = result["models"][str(trained)]["attention"]
+    assert own["difference"] == 0 and own["difference_ci"] == [0, 0]
+    other = result["models"][UNTRAINED]["attention"]
+    assert other["difference"] == pytest.approx(other["lds"] - own["lds"])
+    assert other["difference_ci"][0] <= other["difference"] <= other["difference_ci"][1]
+    compare_main(["--labels", str(labels), "--models", UNTRAINED, str(trained), "--n_resamples", "50"])
+    assert "| untrained |" in capsys.readouterr().out
+
+
+def test_validation_comparison_refuses_mismatched_inputs(trained, labels, tmp_path):
+    from airrep.compare_validation import UNTRAINED, compare, held_out_splits
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    record = json.loads((other / "airrep_training.json").read_text())
+    record["held_out_splits"] = [99]
+    (other / "airrep_training.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="different splits"):
+        held_out_splits([str(trained), str(other)])
+    with pytest.raises(ValueError, match=r"no split\(s\) \[99\]"):
+        compare(str(labels), [UNTRAINED], UNTRAINED, [99])
+    with pytest.raises(ValueError, match="not among --models"):
+        compare(str(labels), [UNTRAINED], str(trained), [0])

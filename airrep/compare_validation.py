@@ -1,0 +1,125 @@
+"""Compare AirRep checkpoints on the validation splits they were trained without, with paired intervals.
+
+Settings are chosen on validation splits only (the ``lds`` test labels belong to ``eval_lds.py``).
+With 2 splits of 32 queries a difference of 0.01 LDS is often noise, so every checkpoint is scored on
+the same queries and its difference from a reference checkpoint gets a paired bootstrap interval
+(queries resampled together for both).
+
+    python -m airrep.compare_validation --labels out/demo/labels-train \\
+        --models untrained out/exp/frozen5 out/exp/frozen5-reference-weighting --reference out/exp/frozen5
+
+The held-out splits are read from each checkpoint's ``airrep_training.json`` and must agree;
+``untrained`` is the base encoder (the bundled MiniLM) used as AirRep starts from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airrep.lds import bootstrap_ci
+from airrep.lds_evaluator import LDSEvaluator
+from airrep.outputs import write_json
+from airrep.training_data import load_labels
+from modeling_airrep import AirRepModel
+
+logger = logging.getLogger(__name__)
+UNTRAINED = "untrained"
+
+
+def held_out_splits(models: list[str]) -> list[int]:
+    """The validation splits recorded by the trained checkpoints; they must all be the same."""
+    recorded = {}
+    for model in models:
+        if model == UNTRAINED:
+            continue
+        file = Path(model) / "airrep_training.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"{model}: no airrep_training.json; pass --splits explicitly")
+        recorded[model] = json.loads(file.read_text())["held_out_splits"]
+    if not recorded:
+        raise ValueError("no trained checkpoint to read the held-out splits from; pass --splits")
+    if len({tuple(v) for v in recorded.values()}) > 1:
+        raise ValueError(f"the checkpoints were validated on different splits: {recorded}")
+    return next(iter(recorded.values()))
+
+
+def compare(
+    labels: str, models: list[str], reference: str, splits: list[int], n_resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Per-model LDS with intervals and the paired difference from ``reference``, per pooling."""
+    if reference not in models:
+        raise ValueError(f"--reference {reference!r} is not among --models {models}")
+    data = load_labels(labels)
+    unknown = [s for s in splits if s not in data.splits]
+    if unknown:
+        raise ValueError(f"{labels} has no split(s) {unknown}; it has {sorted(data.splits)}")
+    evaluator = LDSEvaluator(data, splits)
+    per_query: dict[str, dict[str, np.ndarray]] = {}
+    for model in models:
+        encoder = AirRepModel.from_encoder() if model == UNTRAINED else AirRepModel.from_pretrained(model)
+        per_query[model] = evaluator.per_query(encoder.eval())
+        logger.info("%s: %s", model, {p: round(float(v.mean()), 4) for p, v in per_query[model].items()})
+    out: dict[str, Any] = {"labels": labels, "splits": splits, "reference": reference,
+                           "n_queries": len(next(iter(per_query[reference].values()))), "models": {}}  # fmt: skip
+    for model, values in per_query.items():
+        entry = {}
+        for pooling, v in values.items():
+            difference = v - per_query[reference][pooling]
+            entry[pooling] = {
+                "lds": float(v.mean()),
+                "ci": list(bootstrap_ci(v, n_resamples, seed=seed)),
+                "difference": float(difference.mean()),
+                "difference_ci": list(bootstrap_ci(difference, n_resamples, seed=seed)),
+            }
+        out["models"][model] = entry
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Validation LDS x100 on splits {result['splits']} of `{result['labels']}` ({result['n_queries']} queries); "
+        f"differences from `{result['reference']}` with paired 95% bootstrap intervals.",
+        "",
+        "| checkpoint | attention | diff. attention | sum | diff. sum |",
+        "|---|---|---|---|---|",
+    ]
+    for model, entry in result["models"].items():
+        cells = []
+        for pooling in ("attention", "sum"):
+            e = entry[pooling]
+            cells.append(f"{100 * e['lds']:.1f} [{100 * e['ci'][0]:.1f}, {100 * e['ci'][1]:.1f}]")
+            if model == result["reference"]:
+                cells.append("reference")
+            else:
+                low, high = e["difference_ci"]
+                cells.append(f"{100 * e['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", required=True, help="the train-mode labels the checkpoints were trained on")
+    parser.add_argument("--models", nargs="+", required=True, help=f"checkpoint folders, or {UNTRAINED!r}")
+    parser.add_argument("--reference", default=None, help="the checkpoint differences are taken from (default: first)")
+    parser.add_argument("--splits", nargs="+", type=int, default=None,
+                        help="validation split ids (default: from the checkpoints' airrep_training.json)")  # fmt: skip
+    parser.add_argument("--n_resamples", type=int, default=2000)
+    parser.add_argument("--output", default=None, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    splits = args.splits or held_out_splits(args.models)
+    result = compare(args.labels, args.models, args.reference or args.models[0], splits, args.n_resamples)
+    print(markdown(result))
+    if args.output:
+        write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
