@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench ladder clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_encode.py
+
+# Quality and cost across target-LM sizes (issue 8); needs `make demo` first. About an hour on 2 CPU cores.
+ladder: $(VENV)/.installed
+	PYTHON=$(PY) OUT=$(OUT) bash benchmarks/run_ladder.sh
 
 clean:
 	rm -rf $(VENV) out

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The target-LM ladder benchmark (issue 8), end to end: lds labels on every rung, every method on every
+# rung (gradient methods at each projection size), the featurization-cost curve, and the ladder report.
+# Every step resumes in its output folder, so a rerun after an interruption redoes nothing that finished.
+#
+#   make demo && bash benchmarks/run_ladder.sh          # demo preset, rungs x1 and x10
+#   FACTORS="1 10 100" bash benchmarks/run_ladder.sh     # add the 100x rung (hours on 2 CPU cores)
+#
+# Environment:
+#   PRESET   label/eval preset (default demo)
+#   OUT      folder of the corpus, labels and the trained AirRep (default out/$PRESET)
+#   MODEL    the AirRep checkpoint applied unchanged to every rung (default $OUT/model, what `make demo` trains)
+#   FACTORS  ladder rungs (default "1 10")
+#   DIMS     gradient projection sizes (default "384 4096 18432"); the lexical and encoder methods
+#            run once per rung, with the first size that is 4096 or, failing that, the first size
+#   PYTHON   interpreter (default .venv/bin/python)
+set -euo pipefail
+
+PRESET=${PRESET:-demo}
+OUT=${OUT:-out/$PRESET}
+MODEL=${MODEL:-$OUT/model}
+FACTORS=${FACTORS:-"1 10"}
+DIMS=${DIMS:-"384 4096 18432"}
+PYTHON=${PYTHON:-.venv/bin/python}
+LADDER=$OUT/ladder
+
+read -r -a dims <<<"$DIMS"
+main_dim=${dims[0]}
+for d in "${dims[@]}"; do [[ $d == 4096 ]] && main_dim=4096; done
+
+rung_args=()
+for f in $FACTORS; do
+  if [[ $f == 1 ]]; then
+    labels=$OUT/labels-lds
+    batch=()
+  else
+    labels=$OUT/labels-lds-x$f
+    batch=(--models_per_batch 1)  # stacking subset models with vmap pays off only on the tiny rung
+  fi
+  "$PYTHON" generate_labels.py --preset "$PRESET" --mode lds --target_lm_scale "$f" "${batch[@]}" \
+    --output_dir "$labels"
+  reports=()
+  for d in "${dims[@]}"; do
+    methods=(grad-dot grad-cos tracin logra)
+    extra=()
+    if [[ $d == "$main_dim" ]]; then
+      methods=(airrep base-encoder bm25 tfidf "${methods[@]}")
+      extra=(--model "$MODEL")
+    fi
+    "$PYTHON" eval_lds.py --preset "$PRESET" --labels "$labels" --output_dir "$LADDER/x$f/report-d$d" \
+      --methods "${methods[@]}" --projection_dim "$d" "${extra[@]}"
+    reports+=("$LADDER/x$f/report-d$d")
+  done
+  rung_args+=("x$f=$(IFS=,; echo "${reports[*]}")")
+done
+
+# The cost curve always reaches x100 and the Qwen2.5-0.5B architecture: cost needs no labels.
+declare -A seen=()
+cost_rungs=()
+for r in $(for f in $FACTORS 1 10 100; do echo "$f"; done | sort -n | uniq); do
+  [[ -n ${seen[$r]:-} ]] || cost_rungs+=("x$r")
+  seen[$r]=1
+done
+PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --preset "$PRESET" \
+  --rungs "${cost_rungs[@]}" qwen2.5-0.5b --output "$LADDER/cost_curve.json" --plot "$LADDER/cost_curve.png"
+"$PYTHON" ladder_report.py --output_dir "$LADDER/report" --rung "${rung_args[@]}" \
+  --cost_curve "$LADDER/cost_curve.json"
+echo "ladder report: $LADDER/report/ladder.md"
