@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from airrep.eval_report import POOLINGS, recompute_lds, save_figure
+from airrep.gradient_methods import GRADIENT_METHODS
 
 GRADIENT_KIND = "gradient"
 # Two LDS values computed from the same matrix by the same code differ only by float summation order.
@@ -85,7 +86,16 @@ def rung_methods(report_folders: list[str | os.PathLike], losses: np.ndarray) ->
                     )
                 continue  # the same method scored twice (e.g. tfidf in every projection-size folder)
             methods[label] = entry
-    return methods
+    return dict(sorted(methods.items(), key=lambda item: _order(item[0], item[1]["kind"])))
+
+
+def _order(label: str, kind: str | None) -> tuple:
+    """Encoders and lexical methods first, as reported; then each gradient method by projection size."""
+    if kind != GRADIENT_KIND:
+        return (0, 0, 0)
+    name, _, dim = label.partition("@")
+    rank = GRADIENT_METHODS.index(name) if name in GRADIENT_METHODS else len(GRADIENT_METHODS)
+    return (1, rank, int(dim))
 
 
 def best_pooling(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:

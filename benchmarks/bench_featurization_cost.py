@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from airrep.gradient_methods import GradientProjector, LoGra, projected_gradients
-from airrep.ladder import QWEN25_05B, cost_crossings, ladder
+from airrep.ladder import QWEN25_05B, cost_crossings, scale_spec
 from airrep.ladder_report import cost_curve_plot
 from airrep.presets import LABEL_PRESETS
 from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, llama_config, response_losses
@@ -70,7 +70,7 @@ def build_rung(name: str, preset: str) -> torch.nn.Module:
     else:
         from transformers import LlamaForCausalLM
 
-        spec = ladder(LABEL_PRESETS[preset].target_lm, (1, int(name.removeprefix("x"))))[name]
+        spec = scale_spec(LABEL_PRESETS[preset].target_lm, int(name.removeprefix("x")))
         config = llama_config(spec, spec.vocab_size)
         config.max_position_embeddings = 512  # the bench's texts are longer than the corpus's
         model = LlamaForCausalLM(config)
