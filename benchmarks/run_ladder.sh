@@ -13,6 +13,8 @@
 #   FACTORS  ladder rungs (default "1 10")
 #   DIMS     gradient projection sizes (default "384 4096 18432"); the lexical and encoder methods
 #            run once per rung, with the first size that is 4096 or, failing that, the first size
+#   COST_RUNGS  rungs of the cost curve (default: FACTORS, x1, x10, x100 and qwen2.5-0.5b)
+#   COST_ARGS   more flags for bench_featurization_cost.py, e.g. "--n 4 --encode_repeats 1"
 #   PYTHON   interpreter (default .venv/bin/python)
 set -euo pipefail
 
@@ -54,15 +56,14 @@ for f in $FACTORS; do
   rung_args+=("x$f=$(IFS=,; echo "${reports[*]}")")
 done
 
-# The cost curve always reaches x100 and the Qwen2.5-0.5B architecture: cost needs no labels.
-declare -A seen=()
-cost_rungs=()
-for r in $(for f in $FACTORS 1 10 100; do echo "$f"; done | sort -n | uniq); do
-  [[ -n ${seen[$r]:-} ]] || cost_rungs+=("x$r")
-  seen[$r]=1
-done
-PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --preset "$PRESET" \
-  --rungs "${cost_rungs[@]}" qwen2.5-0.5b --output "$LADDER/cost_curve.json" --plot "$LADDER/cost_curve.png"
+# By default the cost curve reaches x100 and the Qwen2.5-0.5B architecture: cost needs no labels.
+if [[ -z ${COST_RUNGS:-} ]]; then
+  COST_RUNGS="$(for f in $FACTORS 1 10 100; do echo "x$f"; done | sort -t x -k 2 -nu | tr '\n' ' ')qwen2.5-0.5b"
+fi
+read -r -a cost_rungs <<<"$COST_RUNGS"
+read -r -a cost_args <<<"${COST_ARGS:-}"
+PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --preset "$PRESET" --rungs "${cost_rungs[@]}" \
+  --output "$LADDER/cost_curve.json" --plot "$LADDER/cost_curve.png" "${cost_args[@]}"
 "$PYTHON" ladder_report.py --output_dir "$LADDER/report" --rung "${rung_args[@]}" \
   --cost_curve "$LADDER/cost_curve.json"
 echo "ladder report: $LADDER/report/ladder.md"

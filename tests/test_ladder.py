@@ -3,8 +3,12 @@ recomputed from saved score matrices, at smoke size."""
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +165,30 @@ def test_a_rung_given_twice_is_refused(rungs):
     _, reports = rungs
     with pytest.raises(ValueError, match="given twice"):
         parse_rungs([f"x1={reports['x1'][0]}", f"x1={reports['x1'][1]}"])
+
+
+def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
+    """benchmarks/run_ladder.sh at smoke size: labels, evaluations, cost curve and report from one command."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PRESET": "smoke",
+        "OUT": str(tmp_path),
+        "MODEL": str(saved_folder),
+        "FACTORS": "1 10",
+        "DIMS": "16",
+        "COST_RUNGS": "x1 x10",
+        "COST_ARGS": "--n 4 --encode_repeats 1 --logra_dim 64 --projection_dim 64",
+        "PYTHON": sys.executable,
+    }
+    result = subprocess.run(["bash", "benchmarks/run_ladder.sh"], cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ladder = json.loads((tmp_path / "ladder" / "report" / "ladder.json").read_text())
+    assert list(ladder["rungs"]) == ["x1", "x10"]
+    assert set(ladder["rungs"]["x10"]["methods"]) == {
+        "airrep", "base-encoder", "bm25", "tfidf", "grad-dot@16", "grad-cos@16", "tracin@16", "logra@16"
+    }  # fmt: skip
+    assert [r["rung"] for r in ladder["cost_curve"]["rungs"]] == ["x1", "x10"]
+    assert ladder["rungs"]["x10"]["parameters"] > ladder["rungs"]["x1"]["parameters"]
+    for name in ("frontier-x1.png", "frontier-x10.png", "cost_curve.png", "ladder.md"):
+        assert (tmp_path / "ladder" / "report" / name).is_file()
