@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import HfArgumentParser
 
-from airrep.ladder import cost_crossings
+from airrep.ladder import all_crossings
 from airrep.ladder_report import cost_curve_plot, frontier_plot, markdown, rung_methods
 from airrep.outputs import write_json, write_text
 from eval_lds import labels_noise_ceiling, load_eval_data
@@ -104,13 +104,8 @@ def build(args: LadderReportArguments) -> dict[str, Any]:
         report["rungs"][name] = entry
     if args.cost_curve:
         curve = json.loads(Path(args.cost_curve).read_text())
-        encoders = curve["encoders"]
         # Recomputed here so that the report never shows crossings from another version of the rule.
-        curve["crossings"] = {
-            f"{method} vs {encoder}": cost_crossings(curve["rungs"], method, encoders[encoder]["seconds_per_example"])
-            for method in ("logra", "grad-dot")
-            for encoder in encoders
-        }
+        curve["crossings"] = all_crossings(curve)
         report["cost_curve"] = curve
         report["cost_curve_plot"] = "cost_curve.png"
         cost_curve_plot(curve, folder / report["cost_curve_plot"])

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from airrep.lds import lds_summary
+from airrep.outputs import save_figure
 
 POOLINGS = ("sum", "attention")
 
@@ -111,14 +112,3 @@ def bar_chart(results: dict[str, Any], path: Path) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, path)
-
-
-def save_figure(figure: Any, path: Path) -> None:
-    """Save a matplotlib figure atomically (like :mod:`airrep.outputs`) and close it."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    os.replace(tmp, path)

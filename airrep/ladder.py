@@ -45,6 +45,17 @@ def rung_name(factor: int) -> str:
     return f"x{factor}"
 
 
+def rung_factor(name: str) -> int:
+    """The factor of a rung named by :func:`rung_name` (``"x10"`` -> 10).
+
+    Raises:
+        ValueError: ``name`` is not ``x`` followed by a whole number.
+    """
+    if not (name.startswith("x") and name[1:].isdigit()):
+        raise ValueError(f"{name!r} is not a ladder rung: use xN, N the factor")
+    return int(name[1:])
+
+
 def count_parameters(spec: TargetLMSpec) -> int:
     """Parameters of the Llama that :func:`airrep.target_lm.build_target_lm` builds from ``spec``.
 
@@ -132,3 +143,16 @@ def cost_crossings(rungs: list[dict[str, Any]], method: str, reference_seconds: 
             crossing["between"] = [low["rung"], high["rung"]]
             break
     return crossing
+
+
+def all_crossings(curve: dict[str, Any], methods: tuple[str, ...] = ("logra", "grad-dot")) -> dict[str, dict[str, Any]]:
+    """:func:`cost_crossings` of every gradient method against every encoder of a cost curve.
+
+    ``curve`` is the JSON of ``benchmarks/bench_featurization_cost.py``: ``rungs`` and ``encoders``.
+    Keys are ``"METHOD vs ENCODER"``.
+    """
+    return {
+        f"{method} vs {encoder}": cost_crossings(curve["rungs"], method, figures["seconds_per_example"])
+        for method in methods
+        for encoder, figures in curve["encoders"].items()
+    }

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, recompute_lds, save_figure
+from airrep.eval_report import POOLINGS, recompute_lds, scores_path
 from airrep.gradient_methods import GRADIENT_METHODS
+from airrep.outputs import save_figure
 
 GRADIENT_KIND = "gradient"
 # Two LDS values computed from the same matrix by the same code differ only by float summation order.
@@ -61,7 +62,7 @@ def rung_methods(report_folders: list[str | os.PathLike], losses: np.ndarray) ->
                                      "report": str(folder), "poolings": {}}  # fmt: skip
             for pooling, recorded in poolings.items():
                 fresh = recomputed.get(name, {}).get(pooling)
-                file = folder / "scores" / f"{name}.{pooling}.npy"
+                file = scores_path(folder, name, pooling)
                 if fresh is None:
                     raise ReportMismatchError(f"{file} is missing; results.json lists {name} ({pooling})")
                 if not math.isclose(fresh["lds"], recorded["lds"], abs_tol=RECOMPUTE_TOLERANCE):
@@ -206,7 +207,7 @@ def frontier_plot(rung: str, data: dict[str, Any], path: str | os.PathLike) -> N
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.suptitle(f"Rung {rung}: target LM with {data['parameters']:,} parameters")
     figure.tight_layout()
-    save_figure(figure, Path(path))
+    save_figure(figure, path)
 
 
 def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
@@ -239,4 +240,4 @@ def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
                    "hollow: lower bound", fontsize=9)  # fmt: skip
     axis.legend(fontsize=7)
     figure.tight_layout()
-    save_figure(figure, Path(path))
+    save_figure(figure, path)

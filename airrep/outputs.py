@@ -41,6 +41,18 @@ def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically and close it (matplotlib is imported only here)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, ".tmp" + path.suffix)
+    figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
 def claim(folder: str | os.PathLike, file_name: str, settings: dict[str, Any], hint: str) -> None:
     """Record ``settings`` in ``folder/file_name``, or refuse if the folder was started with others.
 

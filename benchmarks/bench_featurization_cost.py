@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from airrep.gradient_methods import GradientProjector, LoGra, projected_gradients
-from airrep.ladder import QWEN25_05B, cost_crossings, scale_spec
+from airrep.ladder import QWEN25_05B, all_crossings, rung_factor, scale_spec
 from airrep.ladder_report import cost_curve_plot
 from airrep.presets import LABEL_PRESETS
 from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, llama_config, response_losses
@@ -70,7 +70,7 @@ def build_rung(name: str, preset: str) -> torch.nn.Module:
     else:
         from transformers import LlamaForCausalLM
 
-        spec = scale_spec(LABEL_PRESETS[preset].target_lm, int(name.removeprefix("x")))
+        spec = scale_spec(LABEL_PRESETS[preset].target_lm, rung_factor(name))
         config = llama_config(spec, spec.vocab_size)
         config.max_position_embeddings = 512  # the bench's texts are longer than the corpus's
         model = LlamaForCausalLM(config)
@@ -152,8 +152,11 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw the cost curve (PNG) here")
     args = parser.parse_args()
     for name in args.rungs:
-        if name != QWEN_RUNG and not (name.startswith("x") and name[1:].isdigit()):
-            parser.error(f"unknown rung {name!r}: use xN (a ladder factor) or {QWEN_RUNG}")
+        if name != QWEN_RUNG:
+            try:
+                rung_factor(name)
+            except ValueError as error:
+                parser.error(f"{error}, or {QWEN_RUNG}")
 
     records = stdlib_records(args.n)
     texts = [format_text(r) for r in records][: args.n]
@@ -177,12 +180,8 @@ def main() -> None:
         "preset": args.preset,
         "encoders": encoders,
         "rungs": rungs,
-        "crossings": {
-            f"{method} vs {encoder}": cost_crossings(rungs, method, encoders[encoder]["seconds_per_example"])
-            for method in ("logra", "grad-dot")
-            for encoder in encoders
-        },
     }
+    figures["crossings"] = all_crossings(figures)
     print(json.dumps(figures["crossings"], indent=2))
     print(f"{'rung':>14} {'params':>12} {'logra s/ex':>11} {'grad-dot s/ex':>14} {'logra/MiniLM':>13}")
     minilm_cost = encoders["airrep_minilm"]["seconds_per_example"]

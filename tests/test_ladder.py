@@ -16,7 +16,7 @@ import torch
 from scipy.stats import spearmanr
 from transformers import LlamaForCausalLM
 
-from airrep.ladder import cost_crossings, count_parameters, ladder, scale_spec
+from airrep.ladder import cost_crossings, count_parameters, ladder, rung_factor, rung_name, scale_spec
 from airrep.ladder_report import ReportMismatchError
 from airrep.presets import LABEL_PRESETS
 from airrep.target_lm import llama_config
@@ -58,6 +58,9 @@ def test_bad_factors_are_refused():
         scale_spec(base, 0.5)
     with pytest.raises(ValueError, match="repeat"):
         ladder(base, (1, 10, 10))
+    assert rung_factor(rung_name(100)) == 100
+    with pytest.raises(ValueError, match="not a ladder rung"):
+        rung_factor("qwen")
 
 
 def test_cost_crossing_is_interpolated_in_log_parameters():
