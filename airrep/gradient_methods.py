@@ -79,18 +79,24 @@ class GradientProjector:
     def __init__(self, n_features: int, dim: int, seed: int = 0) -> None:
         if dim < 1:
             raise ValueError(f"the projection dimension must be at least 1, got {dim}")
-        self.projection = SparseRandomProjection(n_components=dim, random_state=seed, dense_output=True)
+        projection = SparseRandomProjection(n_components=dim, random_state=seed)
         # fit() only reads the shape; an empty sparse matrix avoids allocating n_features floats.
-        self.projection.fit(scipy.sparse.csr_matrix((1, n_features), dtype=np.float32))
+        projection.fit(scipy.sparse.csr_matrix((1, n_features), dtype=np.float32))
+        # Stored by input feature, ``(n_features, dim)`` CSR: ``gradients @ by_feature`` reads each
+        # gradient row once, in order, and scatters into an output row that stays in cache. sklearn's
+        # transform gathers from the whole gradient for every output number instead, which is several
+        # times slower at 10^7 features. Each output sums its terms in the same order either way, so
+        # the numbers are identical (a test checks it).
+        self._by_feature = projection.components_.T.tocsr()
         self.dim = dim
 
     def __call__(self, gradients: torch.Tensor) -> np.ndarray:
-        return np.asarray(self.projection.transform(gradients.detach().cpu().numpy()), dtype=np.float32)
+        return np.asarray(gradients.detach().cpu().numpy() @ self._by_feature, dtype=np.float32)
 
     @property
     def matrix(self) -> scipy.sparse.csr_matrix:
         """``(dim, n_features)``: the projection, for checks against a direct computation."""
-        return self.projection.components_
+        return self._by_feature.T.tocsr()
 
 
 def projected_gradients(
