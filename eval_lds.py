@@ -47,7 +47,7 @@ from airrep.gradient_methods import (
     GRADIENT_METHODS,
     GradientProjector,
     LoGra,
-    projected_gradients,
+    project_gradients,
     tracin_features,
     unit_rows,
 )
@@ -88,7 +88,11 @@ class EvalArguments:
         default=None,
         metadata={"help": "Target LM of the gradient methods. Default: the one recorded in the labels."},
     )
-    projection_dim: int | None = field(default=None, metadata={"help": "Override: gradient features per checkpoint."})
+    projection_dim: list[int] | None = field(
+        default=None,
+        metadata={"help": "Override: gradient features per checkpoint. Several sizes run every gradient method at "
+                          "each, from one computation of the gradients; the methods are then named NAME@SIZE."},
+    )  # fmt: skip
     logra_rank: int | None = field(
         default=None, metadata={"help": "LoGra's k per layer. Default: the largest with <= projection_dim numbers."}
     )
@@ -232,8 +236,21 @@ def method_names(models: list[str]) -> dict[str, str]:
     return names
 
 
-def validate(args: EvalArguments) -> tuple[EvalPreset, list[str]]:
-    """Every argument error, before any work is done."""
+def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tuple[str, int]]:
+    """Report name -> (gradient method, projection size): plain names for one size, ``NAME@SIZE`` for several."""
+    chosen = [m for m in methods if m in GRADIENT_METHODS]
+    if len(dims) == 1:
+        return {m: (m, dims[0]) for m in chosen}
+    return {f"{m}@{d}": (m, d) for m in chosen for d in dims}
+
+
+def validate(args: EvalArguments) -> tuple[EvalPreset, list[str], list[int]]:
+    """Every argument error, before any work is done.
+
+    Returns:
+        The resolved preset, the methods, and the gradient projection sizes (the preset's, or
+        ``--projection_dim``; the preset's ``projection_dim`` is the first of them).
+    """
     if args.preset not in EVAL_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(EVAL_PRESETS)}, got {args.preset!r}")
     unknown = [m for m in args.methods if m not in METHODS]
@@ -256,11 +273,17 @@ def validate(args: EvalArguments) -> tuple[EvalPreset, list[str]]:
         raise ValueError(f"{', '.join(given)} apply only to the gradient methods {GRADIENT_METHODS}")
     if args.logra_rank is not None and "logra" not in methods:
         raise ValueError("--logra_rank applies only to method 'logra'")
-    preset = resolve(
-        EVAL_PRESETS[args.preset],
-        {k: getattr(args, k) for k in ("projection_dim", "gradient_batch_size", "encode_batch_size",
-                                       "bootstrap_resamples", "classification_k", "seed")},
-    )  # fmt: skip
+    dims = list(dict.fromkeys(args.projection_dim or []))
+    if args.projection_dim is not None and not dims:
+        raise ValueError("--projection_dim needs at least one size")
+    if args.logra_rank is not None and len(dims) > 1:
+        raise ValueError(f"--logra_rank fixes LoGra's size, so it takes one --projection_dim, not {dims}")
+    bad = [d for d in dims if d < 1]
+    if bad:
+        raise ValueError(f"--projection_dim must be at least 1, got {bad[0]}")
+    overrides = {k: getattr(args, k) for k in ("gradient_batch_size", "encode_batch_size", "bootstrap_resamples",
+                                               "classification_k", "seed")}  # fmt: skip
+    preset = resolve(EVAL_PRESETS[args.preset], {**overrides, "projection_dim": dims[0] if dims else None})
     for name in ("projection_dim", "gradient_batch_size", "encode_batch_size", "bootstrap_resamples",
                  "classification_k"):  # fmt: skip
         if getattr(preset, name) < 1:
@@ -269,7 +292,7 @@ def validate(args: EvalArguments) -> tuple[EvalPreset, list[str]]:
         raise ValueError(f"--logra_rank must be at least 1, got {args.logra_rank}")
     for model in args.model:
         check_checkpoint(model)
-    return preset, methods
+    return preset, methods, dims or [preset.projection_dim]
 
 
 # ----------------------------------------------------------------------------- methods
@@ -346,7 +369,7 @@ def lexical_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments],
 class GradientState:
     """The target LM fine-tuned on the whole pool and the gradients that several methods share."""
 
-    def __init__(self, data: EvalData, preset: EvalPreset, args: EvalArguments) -> None:
+    def __init__(self, data: EvalData, preset: EvalPreset, args: EvalArguments, dims: list[int]) -> None:
         target = args.target_lm or data.summary.get("target_lm")
         settings = data.summary.get("settings")
         if target is None or settings is None:
@@ -367,24 +390,31 @@ class GradientState:
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft
         self.preset = preset
-        n_params = sum(p.numel() for p in self.model.parameters())
-        self.projector = GradientProjector(n_params, preset.projection_dim, preset.seed)
-        self._projected: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        self.dims = dims
+        self._projectors: list[GradientProjector] | None = None
+        self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
         logger.info("fine-tuned %s on the %d-example pool in %.1f s", target, len(self.pool), self.setup_seconds)
 
-    def projected(self, checkpoint: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Projected gradients ``(pool, queries, seconds)`` at one checkpoint, computed once."""
+    def projected(self, checkpoint: int, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Projected gradients ``(pool, queries, seconds)`` at one checkpoint and size.
+
+        The gradients at a checkpoint are computed once and projected to every size of the run;
+        ``seconds`` is what featurizing at this size alone takes (the gradients plus its projection).
+        """
         if checkpoint not in self._projected:
+            if self._projectors is None:
+                n_params = sum(p.numel() for p in self.model.parameters())
+                self._projectors = [GradientProjector(n_params, d, self.preset.seed) for d in self.dims]
             params = self.checkpoints[checkpoint][0]
-            tic = time.perf_counter()
             size = self.preset.gradient_batch_size
-            pool = projected_gradients(
-                self.model, params, self.pool, self.pad_id, self.projector, size, "pool gradients"
-            )
-            queries = projected_gradients(self.model, params, self.queries, self.pad_id, self.projector, size,
-                                          "query gradients")  # fmt: skip
-            self._projected[checkpoint] = (pool, queries, time.perf_counter() - tic)
-        return self._projected[checkpoint]
+            pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
+                                                   size, "pool gradients")  # fmt: skip
+            queries, query_seconds = project_gradients(self.model, params, self.queries, self.pad_id,
+                                                       self._projectors, size, "query gradients")  # fmt: skip
+            self._projected[checkpoint] = {
+                d: (pool[k], queries[k], pool_seconds[k] + query_seconds[k]) for k, d in enumerate(self.dims)
+            }
+        return self._projected[checkpoint][dim]
 
     def final_model(self) -> torch.nn.Module:
         model = copy.deepcopy(self.model)
@@ -398,18 +428,19 @@ class GradientState:
                 f"{self.sft.learning_rate}, batch {self.sft.batch_size})")  # fmt: skip
 
 
-def gradient_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+    """Gradient method ``name`` with ``d`` numbers per checkpoint (LoGra: at most ``d``)."""
+
     def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
-        d = preset.projection_dim
         shared_bytes = 0.0
         if name in ("grad-dot", "grad-cos"):
-            pool, queries, seconds = state.projected(len(state.checkpoints) - 1)
+            pool, queries, seconds = state.projected(len(state.checkpoints) - 1, d)
             if name == "grad-cos":
                 pool, queries = unit_rows(pool), unit_rows(queries)
             what = "dot products" if name == "grad-dot" else "cosine similarities"
             description = f"{what} of per-example gradients (sparse random projection to {d}) of the {state.about()}"
         elif name == "tracin":
-            parts = [state.projected(c) for c in range(len(state.checkpoints))]
+            parts = [state.projected(c, d) for c in range(len(state.checkpoints))]
             rates = [rate for _, rate in state.checkpoints]
             pool = tracin_features([p[0] for p in parts], rates)
             queries = tracin_features([p[1] for p in parts], rates)
@@ -522,19 +553,22 @@ def assemble(folder: Path, data: EvalData, preset: EvalPreset, names: list[str],
 
 
 def run(args: EvalArguments) -> dict[str, Any]:
-    preset, methods = validate(args)
+    preset, methods, dims = validate(args)
     data = load_eval_data(args.labels)
     folder = Path(args.output_dir)
     airrep_names = method_names(args.model)
     settings = {"labels": data.fingerprint, "preset": asdict(preset), "poolings": args.poolings,
                 "logra_rank": args.logra_rank, "base_encoder": args.base_encoder, "target_lm": args.target_lm,
                 "models": airrep_names}  # fmt: skip
+    if len(dims) > 1:  # one size stays recorded as the preset's projection_dim alone, as before
+        settings["projection_dims"] = dims
     if args.overwrite:
         write_json(folder / "eval_settings.json", settings)
     claim(folder, "eval_settings.json", settings,
           "use another --output_dir, or pass --overwrite to recompute every method")  # fmt: skip
     ceiling = labels_noise_ceiling(data)
 
+    gradient_names = gradient_method_names(methods, dims)
     runners: dict[str, Callable] = {}
     for method in methods:
         if method == "airrep":
@@ -544,7 +578,7 @@ def run(args: EvalArguments) -> dict[str, Any]:
         elif method in TEXT_METHODS:
             runners[method] = lexical_method(method)
         else:
-            runners[method] = gradient_method(method)
+            runners |= {name: gradient_method(m, d) for name, (m, d) in gradient_names.items() if m == method}
 
     errors: dict[str, str] = {}
     state: GradientState | None = None
@@ -556,8 +590,8 @@ def run(args: EvalArguments) -> dict[str, Any]:
         logger.info("%s: featurizing %d pool examples and %d queries", name, len(data.pool_texts),
                     len(data.query_texts))  # fmt: skip
         try:
-            if name in GRADIENT_METHODS:
-                state = state or GradientState(data, preset, args)
+            if name in gradient_names:
+                state = state or GradientState(data, preset, args, dims)
                 features = runner(data, preset, args, state)
             else:
                 features = runner(data, preset, args)

@@ -27,6 +27,7 @@ tested against brute force, stand in for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -109,12 +110,45 @@ def projected_gradients(
     desc: str = "gradients",
 ) -> np.ndarray:
     """``(len(examples), projector.dim)`` float32: projected per-example gradients."""
+    (features,), _ = project_gradients(model, params, examples, pad_id, [projector], batch_size, desc)
+    return features
+
+
+def project_gradients(
+    model: torch.nn.Module,
+    params: Params,
+    examples: Sequence[SFTExample],
+    pad_id: int,
+    projectors: Sequence[GradientProjector],
+    batch_size: int = 16,
+    desc: str = "gradients",
+) -> tuple[list[np.ndarray], list[float]]:
+    """Per-example gradients, computed once, projected by every projector.
+
+    Returns:
+        ``(features, seconds)``: for each projector, the ``(len(examples), dim)`` float32 features and
+        the seconds featurizing would take with that projector alone (the shared gradients' time plus
+        its own projection time).
+    """
     params = {name: p.detach() for name, p in params.items()}
+    gradient_seconds, projection_seconds = 0.0, [0.0] * len(projectors)
 
     def featurize(batch: list[SFTExample]) -> np.ndarray:
-        return projector(per_example_gradients(model, params, batch, pad_id))
+        nonlocal gradient_seconds
+        tic = time.perf_counter()
+        gradients = per_example_gradients(model, params, batch, pad_id)
+        gradient_seconds += time.perf_counter() - tic
+        parts = []
+        for k, projector in enumerate(projectors):
+            tic = time.perf_counter()
+            parts.append(projector(gradients))
+            projection_seconds[k] += time.perf_counter() - tic
+        return np.concatenate(parts, axis=1)
 
-    return _sorted_batches(examples, batch_size, featurize, desc, projector.dim)
+    dims = [p.dim for p in projectors]
+    joined = _sorted_batches(examples, batch_size, featurize, desc, sum(dims))
+    features = [np.ascontiguousarray(f) for f in np.split(joined, np.cumsum(dims)[:-1], axis=1)]
+    return features, [gradient_seconds + s for s in projection_seconds]
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The ladder report: quality and cost of every method on every rung of the target-LM ladder.
 
-It reads ``eval_lds.py`` report folders (one or more per rung, e.g. one per gradient projection size)
+It reads ``eval_lds.py`` report folders (one or more per rung: one run at every gradient projection
+size, or one folder per size)
 and recomputes every LDS and interval from their saved score matrices (``scores/*.npy``) against the
 rung's labels, so a figure in the ladder report cannot drift from the scores it came from. Costs
 (featurization seconds and bytes per example) are measurements and are taken from ``results.json``.
@@ -33,8 +34,8 @@ class ReportMismatchError(ValueError):
 
 
 def method_label(name: str, details: dict[str, Any], projection_dim: int) -> str:
-    """``name``, with ``@projection_dim`` for a gradient method."""
-    return f"{name}@{projection_dim}" if details.get("kind") == GRADIENT_KIND else name
+    """``name``, with ``@projection_dim`` for a gradient method (a report run at several sizes has it already)."""
+    return f"{name}@{projection_dim}" if details.get("kind") == GRADIENT_KIND and "@" not in name else name
 
 
 def rung_methods(report_folders: list[str | os.PathLike], losses: np.ndarray) -> dict[str, dict[str, Any]]:

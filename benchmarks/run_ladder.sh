@@ -11,8 +11,7 @@
 #   OUT      folder of the corpus, labels and the trained AirRep (default out/$PRESET)
 #   MODEL    the AirRep checkpoint applied unchanged to every rung (default $OUT/model, what `make demo` trains)
 #   FACTORS  ladder rungs (default "1 10")
-#   DIMS     gradient projection sizes (default "384 4096 18432"); the lexical and encoder methods
-#            run once per rung, with the first size that is 4096 or, failing that, the first size
+#   DIMS     gradient projection sizes (default "384 4096 18432"); every gradient method runs at each
 #   COST_RUNGS  rungs of the cost curve (default: FACTORS, x1, x10, x100 and qwen2.5-0.5b)
 #   COST_ARGS   more flags for bench_featurization_cost.py, e.g. "--n 4 --encode_repeats 1"
 #   PYTHON   interpreter (default .venv/bin/python)
@@ -27,8 +26,6 @@ PYTHON=${PYTHON:-.venv/bin/python}
 LADDER=$OUT/ladder
 
 read -r -a dims <<<"$DIMS"
-main_dim=${dims[0]}
-for d in "${dims[@]}"; do [[ $d == 4096 ]] && main_dim=4096; done
 
 rung_args=()
 for f in $FACTORS; do
@@ -41,19 +38,11 @@ for f in $FACTORS; do
   fi
   "$PYTHON" generate_labels.py --preset "$PRESET" --mode lds --target_lm_scale "$f" "${batch[@]}" \
     --output_dir "$labels"
-  reports=()
-  for d in "${dims[@]}"; do
-    methods=(grad-dot grad-cos tracin logra)
-    extra=()
-    if [[ $d == "$main_dim" ]]; then
-      methods=(airrep base-encoder bm25 tfidf "${methods[@]}")
-      extra=(--model "$MODEL")
-    fi
-    "$PYTHON" eval_lds.py --preset "$PRESET" --labels "$labels" --output_dir "$LADDER/x$f/report-d$d" \
-      --methods "${methods[@]}" --projection_dim "$d" "${extra[@]}"
-    reports+=("$LADDER/x$f/report-d$d")
-  done
-  rung_args+=("x$f=$(IFS=,; echo "${reports[*]}")")
+  # One run per rung: each gradient is computed once and projected to every size in DIMS.
+  "$PYTHON" eval_lds.py --preset "$PRESET" --labels "$labels" --output_dir "$LADDER/x$f/report" \
+    --methods airrep base-encoder bm25 tfidf grad-dot grad-cos tracin logra --model "$MODEL" \
+    --projection_dim "${dims[@]}"
+  rung_args+=("x$f=$LADDER/x$f/report")
 done
 
 # By default the cost curve reaches x100 and the Qwen2.5-0.5B architecture: cost needs no labels.

@@ -78,7 +78,7 @@ def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(report, l
     assert again["methods"] == results["methods"]
     with pytest.raises(ValueError, match="other settings"):
         run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)],
-                          projection_dim=32))  # fmt: skip
+                          projection_dim=[32]))  # fmt: skip
 
 
 def test_a_failing_method_keeps_the_others(labels, tmp_path):
@@ -100,11 +100,21 @@ def test_a_failing_method_keeps_the_others(labels, tmp_path):
         ({"methods": ["bm25"], "model": ["x"]}, ValueError, "--model applies only to method 'airrep'"),
         ({"methods": ["bm25", "airrep"], "poolings": ["max"]}, ValueError, "--poolings must be"),
         (
-            {"methods": ["bm25", "tfidf"], "projection_dim": 8},
+            {"methods": ["bm25", "tfidf"], "projection_dim": [8]},
             ValueError,
             "--projection_dim apply only to the gradient",
         ),
         ({"methods": ["grad-dot"], "logra_rank": 2}, ValueError, "--logra_rank applies only to method 'logra'"),
+        (
+            {"methods": ["logra"], "logra_rank": 2, "projection_dim": [8, 16]},
+            ValueError,
+            r"--logra_rank fixes LoGra's size, so it takes one --projection_dim, not \[8, 16\]",
+        ),
+        (
+            {"methods": ["grad-dot"], "projection_dim": [16, 0]},
+            ValueError,
+            "--projection_dim must be at least 1, got 0",
+        ),
         ({"methods": ["bm25"], "base_encoder": "x"}, ValueError, "--base_encoder applies only"),
         ({"model": ["{missing}"]}, ValueError, "cannot load AirRep checkpoint"),
         ({"model": ["{target_lm}"]}, ValueError, "not an AirRep checkpoint: its config.json has model_type 'llama'"),
@@ -120,7 +130,7 @@ def test_bad_input_gets_a_clear_error(labels, tmp_path, overrides, error, messag
         if isinstance(value, str):
             value = value.format(**places)
         elif isinstance(value, list):
-            value = [v.format(**places) for v in value]
+            value = [v.format(**places) if isinstance(v, str) else v for v in value]
         arguments[key] = value
     with pytest.raises(error, match=message):
         run(EvalArguments(**arguments))

@@ -80,19 +80,37 @@ def test_cost_crossing_is_interpolated_in_log_parameters():
 
 @pytest.fixture(scope="module")
 def rungs(tmp_path_factory):
-    """Smoke lds labels on rungs x1 and x10 of one corpus, each scored at two projection sizes."""
+    """Smoke lds labels on rungs x1 and x10 of one corpus, each scored at two projection sizes: x1 in one
+    folder per size and in one run at both sizes, x10 in one run at both sizes."""
     work = tmp_path_factory.mktemp("ladder")
     reports = {}
+    methods = ["tfidf", "grad-cos", "logra"]
     for factor in (1, 10):
         labels = work / f"labels-lds-x{factor}"
         generate(LabelArguments(output_dir=str(labels), preset="smoke", mode="lds", target_lm_scale=factor))
         reports[f"x{factor}"] = []
-        for dim in (16, 32):
+        for dim in (16, 32) if factor == 1 else ():
             folder = work / f"report-x{factor}-d{dim}"
-            evaluate(EvalArguments(labels=str(labels), output_dir=str(folder), methods=["tfidf", "grad-cos", "logra"],
-                                   projection_dim=dim))  # fmt: skip
+            evaluate(EvalArguments(labels=str(labels), output_dir=str(folder), methods=methods, projection_dim=[dim]))
             reports[f"x{factor}"].append(str(folder))
+        folder = work / f"report-x{factor}-both"
+        evaluate(EvalArguments(labels=str(labels), output_dir=str(folder), methods=methods, projection_dim=[16, 32]))
+        reports[f"x{factor}"].append(str(folder))
     return work, reports
+
+
+def test_one_run_at_several_sizes_equals_a_run_per_size(rungs):
+    work, _ = rungs
+    both = json.loads((work / "report-x1-both" / "results.json").read_text())
+    assert list(both["methods"]) == ["tfidf", "grad-cos@16", "grad-cos@32", "logra@16", "logra@32"]
+    for dim in (16, 32):
+        for method in ("grad-cos", "logra"):
+            for pooling in ("sum", "attention"):
+                alone = np.load(work / f"report-x1-d{dim}" / "scores" / f"{method}.{pooling}.npy")
+                shared = np.load(work / "report-x1-both" / "scores" / f"{method}@{dim}.{pooling}.npy")
+                np.testing.assert_array_equal(shared, alone)
+        assert both["method_details"][f"grad-cos@{dim}"]["dim"] == dim
+    assert json.loads((work / "report-x1-both" / "eval_settings.json").read_text())["projection_dims"] == [16, 32]
 
 
 def test_each_rung_builds_its_own_target_lm_from_the_same_corpus(rungs):
@@ -128,12 +146,14 @@ def test_ladder_report_recomputes_every_lds_from_the_saved_scores(rungs, tmp_pat
         assert set(entry["methods"]) == {"tfidf", "grad-cos@16", "grad-cos@32", "logra@16", "logra@32"}
         losses = load_eval_data(entry["labels"]).losses
         for folder in folders:
-            dim = json.loads((work / folder / "results.json").read_text())["settings"]["projection_dim"]
-            scores = np.load(work / folder / "scores" / "grad-cos.attention.npy")
-            # An independent LDS: Spearman of scores with negated losses, per query, averaged.
-            rhos = [spearmanr(scores[:, q], -losses[:, q]).statistic for q in range(losses.shape[1])]
-            expected = float(np.mean([0.0 if math.isnan(r) else r for r in rhos]))
-            assert entry["methods"][f"grad-cos@{dim}"]["poolings"]["attention"]["lds"] == pytest.approx(expected)
+            results = json.loads((work / folder / "results.json").read_text())
+            for name in (n for n in results["methods"] if n.startswith("grad-cos")):
+                label = name if "@" in name else f"{name}@{results['settings']['projection_dim']}"
+                scores = np.load(work / folder / "scores" / f"{name}.attention.npy")
+                # An independent LDS: Spearman of scores with negated losses, per query, averaged.
+                rhos = [spearmanr(scores[:, q], -losses[:, q]).statistic for q in range(losses.shape[1])]
+                expected = float(np.mean([0.0 if math.isnan(r) else r for r in rhos]))
+                assert entry["methods"][label]["poolings"]["attention"]["lds"] == pytest.approx(expected)
         assert (tmp_path / "ladder" / f"frontier-{rung}.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (tmp_path / "ladder" / "ladder.md").read_text()
     assert "## Rung x10" in markdown and "| logra@32 |" in markdown and "noise ceiling sqrt(r)" in markdown
@@ -179,7 +199,7 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
         "OUT": str(tmp_path),
         "MODEL": str(saved_folder),
         "FACTORS": "1 10",
-        "DIMS": "16",
+        "DIMS": "16 24",
         "COST_RUNGS": "x1 x10",
         "COST_ARGS": "--n 4 --encode_repeats 1 --logra_dim 64 --projection_dim 64",
         "PYTHON": sys.executable,
@@ -188,9 +208,8 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ladder = json.loads((tmp_path / "ladder" / "report" / "ladder.json").read_text())
     assert list(ladder["rungs"]) == ["x1", "x10"]
-    assert set(ladder["rungs"]["x10"]["methods"]) == {
-        "airrep", "base-encoder", "bm25", "tfidf", "grad-dot@16", "grad-cos@16", "tracin@16", "logra@16"
-    }  # fmt: skip
+    gradient = {f"{m}@{d}" for m in ("grad-dot", "grad-cos", "tracin", "logra") for d in (16, 24)}
+    assert set(ladder["rungs"]["x10"]["methods"]) == {"airrep", "base-encoder", "bm25", "tfidf", *gradient}
     assert [r["rung"] for r in ladder["cost_curve"]["rungs"]] == ["x1", "x10"]
     assert ladder["rungs"]["x10"]["parameters"] > ladder["rungs"]["x1"]["parameters"]
     for name in ("frontier-x1.png", "frontier-x10.png", "cost_curve.png", "ladder.md"):
