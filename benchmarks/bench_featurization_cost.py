@@ -11,9 +11,9 @@ backward pass does not depend on the weights. On every rung:
   layer's gradient to about ``--logra_dim`` numbers.
 - ``grad-dot``: per-example gradients (``torch.func`` vmap) and the sparse random projection to
   ``--projection_dim`` numbers, as ``eval_lds.py`` runs grad-dot and grad-cos (TracIn costs this
-  once per checkpoint). Above ``--vmap_max_parameters`` (vmap runs out of 24 GiB at 0.5B and the
-  projection is too slow to build) it is one plain backward per example without the projection,
-  recorded as a lower bound.
+  once per checkpoint). Per-example gradients take 4 bytes per parameter per example, twice over
+  (vmap's output and the flattened copy), so the examples per vmap call shrink with the model to fit
+  ``--gradient_memory_gib`` (one at a time at 0.5B). The projector's one-off build is recorded apart.
 
 The AirRep side is ``AirRepModel.encode`` with the bundled all-MiniLM-L6-v2 (6 layers) and with the
 architecture of gte-small (12 layers, the paper's encoder; random weights); its cost does not depend
@@ -39,7 +39,7 @@ from airrep.gradient_methods import GradientProjector, LoGra, projected_gradient
 from airrep.ladder import QWEN25_05B, all_crossings, rung_factor, scale_spec
 from airrep.ladder_report import cost_curve_plot
 from airrep.presets import LABEL_PRESETS
-from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, llama_config, response_losses
+from airrep.target_lm import IGNORE_INDEX, SFTExample, llama_config
 from benchmarks.bench_encode import stdlib_records
 from configuration_airrep import format_text
 from modeling_airrep import AirRepConfig, AirRepModel
@@ -78,20 +78,9 @@ def build_rung(name: str, preset: str) -> torch.nn.Module:
     return model.eval()
 
 
-def full_backward_seconds(model: torch.nn.Module, examples: list[SFTExample]) -> float:
-    """Seconds for one plain backward per example, flattening each full gradient (no projection)."""
-
-    def one(example: SFTExample) -> float:
-        model.zero_grad(set_to_none=True)
-        ids, labels = collate([example], 0)
-        summed, count = response_losses(model(input_ids=ids, use_cache=False).logits, labels)
-        (summed[0] / count[0]).backward()
-        return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).sum().item()
-
-    one(examples[0])  # warm-up
-    _, seconds = timed(lambda: [one(e) for e in examples])
-    model.zero_grad(set_to_none=True)
-    return seconds
+def gradient_batch(n_params: int, largest: int, memory_gib: float) -> int:
+    """Examples per vmap call: per-example gradients (two float32 copies each) within ``memory_gib``."""
+    return max(1, min(largest, int(memory_gib * 2**30 // (2 * 4 * n_params))))
 
 
 def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dict:
@@ -119,18 +108,14 @@ def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dic
         "logra": {"seconds_per_example": logra_seconds / n, "dim": logra.dim, "rank": rank,
                   "linear_layers": n_linear, "bytes_per_example": logra.dim * 4},
     }  # fmt: skip
-    if n_params <= args.vmap_max_parameters:
-        projector, projector_seconds = timed(GradientProjector, n_params, args.projection_dim)
-        params = dict(model.named_parameters())
-        batch = args.gradient_batch_size
-        projected_gradients(model, params, examples[:batch], 0, projector, batch, "warm-up")
-        _, seconds = timed(projected_gradients, model, params, examples, 0, projector, batch, f"grad-dot {name}")
-        entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
-                             "kind": "measured", "projector_build_seconds": projector_seconds}  # fmt: skip
-    else:
-        seconds = full_backward_seconds(model, examples)
-        entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
-                             "kind": "lower bound (one backward per example, projection not timed)"}  # fmt: skip
+    projector, projector_seconds = timed(GradientProjector, n_params, args.projection_dim)
+    params = dict(model.named_parameters())
+    batch = gradient_batch(n_params, args.gradient_batch_size, args.gradient_memory_gib)
+    projected_gradients(model, params, examples[:batch], 0, projector, batch, "warm-up")
+    _, seconds = timed(projected_gradients, model, params, examples, 0, projector, batch, f"grad-dot {name}")
+    entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
+                         "kind": "measured", "examples_per_call": batch,
+                         "projector_build_seconds": projector_seconds}  # fmt: skip
     print(json.dumps(entry), flush=True)
     return entry
 
@@ -146,8 +131,8 @@ def main() -> None:
     parser.add_argument("--encode_batch_size", type=int, default=32)
     parser.add_argument("--logra_dim", type=int, default=18432, help="LoGra numbers per example (the paper's)")
     parser.add_argument("--projection_dim", type=int, default=4096, help="grad-dot numbers stored per example")
-    parser.add_argument("--vmap_max_parameters", type=float, default=2e8,
-                        help="above this size grad-dot is timed as a plain backward (a lower bound)")  # fmt: skip
+    parser.add_argument("--gradient_memory_gib", type=float, default=6.0,
+                        help="memory for per-example gradients; fewer examples per call beyond it")  # fmt: skip
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--plot", default=None, help="draw the cost curve (PNG) here")
     args = parser.parse_args()
