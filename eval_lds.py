@@ -47,6 +47,7 @@ from airrep.gradient_methods import (
     GRADIENT_METHODS,
     GradientProjector,
     LoGra,
+    examples_per_call,
     project_gradients,
     tracin_features,
     unit_rows,
@@ -97,6 +98,11 @@ class EvalArguments:
         default=None, metadata={"help": "LoGra's k per layer. Default: the largest with <= projection_dim numbers."}
     )
     gradient_batch_size: int | None = field(default=None, metadata={"help": "Override: examples per backward."})
+    gradient_memory_gib: float = field(
+        default=6.0,
+        metadata={"help": "Memory for per-example gradients: fewer examples per backward for a large target LM "
+                          "(the results do not change)."},
+    )  # fmt: skip
     encode_batch_size: int | None = field(default=None, metadata={"help": "Override: texts per encoder forward."})
     bootstrap_resamples: int | None = field(default=None, metadata={"help": "Override: bootstrap resamples."})
     classification_k: int | None = field(default=None, metadata={"help": "Override: neighbours that vote a task."})
@@ -288,6 +294,8 @@ def validate(args: EvalArguments) -> tuple[EvalPreset, list[str], list[int]]:
                  "classification_k"):  # fmt: skip
         if getattr(preset, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(preset, name)}")
+    if not args.gradient_memory_gib > 0:
+        raise ValueError(f"--gradient_memory_gib must be positive, got {args.gradient_memory_gib}")
     if args.logra_rank is not None and args.logra_rank < 1:
         raise ValueError(f"--logra_rank must be at least 1, got {args.logra_rank}")
     for model in args.model:
@@ -391,6 +399,7 @@ class GradientState:
         self.target, self.sft = target, sft
         self.preset = preset
         self.dims = dims
+        self.gradient_memory_gib = args.gradient_memory_gib
         self._projectors: list[GradientProjector] | None = None
         self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
         logger.info("fine-tuned %s on the %d-example pool in %.1f s", target, len(self.pool), self.setup_seconds)
@@ -402,11 +411,11 @@ class GradientState:
         ``seconds`` is what featurizing at this size alone takes (the gradients plus its projection).
         """
         if checkpoint not in self._projected:
+            n_params = sum(p.numel() for p in self.model.parameters())
             if self._projectors is None:
-                n_params = sum(p.numel() for p in self.model.parameters())
                 self._projectors = [GradientProjector(n_params, d, self.preset.seed) for d in self.dims]
             params = self.checkpoints[checkpoint][0]
-            size = self.preset.gradient_batch_size
+            size = examples_per_call(n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
             pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
                                                    size, "pool gradients")  # fmt: skip
             queries, query_seconds = project_gradients(self.model, params, self.queries, self.pad_id,

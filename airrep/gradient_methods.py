@@ -54,6 +54,13 @@ def _sorted_batches(examples: Sequence[SFTExample], batch_size: int, featurize, 
     return out
 
 
+def examples_per_call(n_params: int, largest: int, memory_gib: float) -> int:
+    """How many examples one :func:`per_example_gradients` call may take: at most ``largest``, and no more
+    than fit in ``memory_gib`` at two float32 copies of the gradient each (vmap's output and the
+    flattened copy); at least one."""
+    return max(1, min(largest, int(memory_gib * 2**30 // (2 * 4 * n_params))))
+
+
 def per_example_gradients(
     model: torch.nn.Module, params: Params, examples: Sequence[SFTExample], pad_id: int
 ) -> torch.Tensor:

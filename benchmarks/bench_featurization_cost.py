@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from airrep.gradient_methods import GradientProjector, LoGra, projected_gradients
+from airrep.gradient_methods import GradientProjector, LoGra, examples_per_call, projected_gradients
 from airrep.ladder import QWEN25_05B, all_crossings, rung_factor, scale_spec
 from airrep.ladder_report import cost_curve_plot
 from airrep.presets import LABEL_PRESETS
@@ -78,11 +78,6 @@ def build_rung(name: str, preset: str) -> torch.nn.Module:
     return model.eval()
 
 
-def gradient_batch(n_params: int, largest: int, memory_gib: float) -> int:
-    """Examples per vmap call: per-example gradients (two float32 copies each) within ``memory_gib``."""
-    return max(1, min(largest, int(memory_gib * 2**30 // (2 * 4 * n_params))))
-
-
 def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dict:
     torch.manual_seed(0)
     model, build_seconds = timed(build_rung, name, args.preset)
@@ -110,7 +105,7 @@ def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dic
     }  # fmt: skip
     projector, projector_seconds = timed(GradientProjector, n_params, args.projection_dim)
     params = dict(model.named_parameters())
-    batch = gradient_batch(n_params, args.gradient_batch_size, args.gradient_memory_gib)
+    batch = examples_per_call(n_params, args.gradient_batch_size, args.gradient_memory_gib)
     projected_gradients(model, params, examples[:batch], 0, projector, batch, "warm-up")
     _, seconds = timed(projected_gradients, model, params, examples, 0, projector, batch, f"grad-dot {name}")
     entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,

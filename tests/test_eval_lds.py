@@ -115,6 +115,7 @@ def test_a_failing_method_keeps_the_others(labels, tmp_path):
             ValueError,
             "--projection_dim must be at least 1, got 0",
         ),
+        ({"methods": ["grad-dot"], "gradient_memory_gib": 0}, ValueError, "--gradient_memory_gib must be positive"),
         ({"methods": ["bm25"], "base_encoder": "x"}, ValueError, "--base_encoder applies only"),
         ({"model": ["{missing}"]}, ValueError, "cannot load AirRep checkpoint"),
         ({"model": ["{target_lm}"]}, ValueError, "not an AirRep checkpoint: its config.json has model_type 'llama'"),

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from airrep.gradient_methods import (
     GradientProjector,
     LoGra,
+    examples_per_call,
     per_example_gradients,
     projected_gradients,
     tracin_features,
@@ -145,3 +146,10 @@ def test_finetune_reaches_the_model_that_train_and_score_evaluates(tiny):
         logits = torch.func.functional_call(model, final, (ids,), {"use_cache": False}).logits
         summed, counts = response_losses(logits, labels)
     np.testing.assert_allclose((summed / counts).numpy(), expected, rtol=1e-5)
+
+
+def test_examples_per_call_fit_the_gradient_memory():
+    # Two float32 copies of every example's gradient: 8 bytes per parameter per example.
+    assert examples_per_call(79_500_000, 16, 6.0) == 6 * 2**30 // (8 * 79_500_000) == 10
+    assert examples_per_call(494_032_768, 16, 6.0) == 1  # 4 GB for one example: still one at a time
+    assert examples_per_call(790_000, 16, 6.0) == 16  # the cap
