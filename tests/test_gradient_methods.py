@@ -59,6 +59,8 @@ def test_per_example_gradients_match_one_backward_per_example(tiny):
     _, expected = brute_gradients(model, examples)
     got = per_example_gradients(model, params, examples, PAD)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    columns = per_example_gradients(model, params, examples, PAD, feature_major=True)
+    assert columns.is_contiguous() and torch.equal(columns, got.T)
 
 
 def test_projected_gradients_equal_the_explicit_projection(tiny):
