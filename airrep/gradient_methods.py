@@ -156,7 +156,7 @@ def project_gradients(
     def featurize(batch: list[SFTExample]) -> np.ndarray:
         nonlocal gradient_seconds
         tic = time.perf_counter()
-        gradients = per_example_gradients(model, params, batch, pad_id, feature_major=True).detach().numpy()
+        gradients = per_example_gradients(model, params, batch, pad_id, feature_major=True).detach().cpu().numpy()
         gradient_seconds += time.perf_counter() - tic
         parts = []
         for k, projector in enumerate(projectors):
