@@ -38,6 +38,7 @@ import torch
 from airrep.gradient_methods import GradientProjector, LoGra, examples_per_call, projected_gradients
 from airrep.ladder import QWEN25_05B, all_crossings, rung_factor, scale_spec
 from airrep.ladder_report import cost_curve_plot
+from airrep.outputs import write_json
 from airrep.presets import LABEL_PRESETS
 from airrep.target_lm import IGNORE_INDEX, SFTExample, llama_config
 from benchmarks.bench_encode import stdlib_records
@@ -170,8 +171,7 @@ def main() -> None:
               f"{rung['grad-dot']['seconds_per_example']:>14.4f} "
               f"{rung['logra']['seconds_per_example'] / minilm_cost:>12.2f}x")  # fmt: skip
     if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(figures, handle, indent=2)
+        write_json(args.output, figures)  # whole or not at all: run_ladder.sh reuses a saved curve
     if args.plot:
         cost_curve_plot(figures, args.plot)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The target-LM ladder benchmark (issue 8), end to end: lds labels on every rung, every method on every
 # rung (gradient methods at each projection size), the featurization-cost curve, and the ladder report.
-# Every step resumes in its output folder, so a rerun after an interruption redoes nothing that finished.
+# Every step resumes in its output folder, so a rerun after an interruption redoes nothing that finished;
+# a saved cost curve over the same rungs is reused (REDO_COST=1 measures it again).
 #
 #   make demo && bash benchmarks/run_ladder.sh          # demo preset, rungs x1 and x10
 #   FACTORS="1 10 100" bash benchmarks/run_ladder.sh     # add the 100x rung (hours on 2 CPU cores)
@@ -14,6 +15,7 @@
 #   DIMS     gradient projection sizes (default "384 4096 18432"); every gradient method runs at each
 #   COST_RUNGS  rungs of the cost curve (default: FACTORS, x1, x10, x100 and qwen2.5-0.5b)
 #   COST_ARGS   more flags for bench_featurization_cost.py, e.g. "--n 4 --encode_repeats 1"
+#   REDO_COST   set to 1 to measure the cost curve again even when one over the same rungs is saved
 #   PYTHON   interpreter (default .venv/bin/python)
 set -euo pipefail
 
@@ -51,8 +53,21 @@ if [[ -z ${COST_RUNGS:-} ]]; then
 fi
 read -r -a cost_rungs <<<"$COST_RUNGS"
 read -r -a cost_args <<<"${COST_ARGS:-}"
-PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --preset "$PRESET" --rungs "${cost_rungs[@]}" \
-  --output "$LADDER/cost_curve.json" --plot "$LADDER/cost_curve.png" "${cost_args[@]}"
+cost_json=$LADDER/cost_curve.json
+# The curve's figures are only comparable within one run, so it is reused whole or measured whole.
+if [[ -f $cost_json && ${REDO_COST:-0} != 1 ]] && "$PYTHON" - "$cost_json" "${cost_rungs[@]}" <<'EOF'
+import json
+import sys
+
+saved = [rung["rung"] for rung in json.load(open(sys.argv[1]))["rungs"]]
+sys.exit(0 if saved == sys.argv[2:] else 1)
+EOF
+then
+  echo "reusing the cost curve in $cost_json (same rungs; REDO_COST=1 measures it again)"
+else
+  PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --preset "$PRESET" --rungs "${cost_rungs[@]}" \
+    --output "$cost_json" --plot "$LADDER/cost_curve.png" "${cost_args[@]}"
+fi
 "$PYTHON" ladder_report.py --output_dir "$LADDER/report" --rung "${rung_args[@]}" \
   --cost_curve "$LADDER/cost_curve.json"
 echo "ladder report: $LADDER/report/ladder.md"

@@ -214,3 +214,18 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
     assert ladder["rungs"]["x10"]["parameters"] > ladder["rungs"]["x1"]["parameters"]
     for name in ("frontier-x1.png", "frontier-x10.png", "cost_curve.png", "ladder.md"):
         assert (tmp_path / "ladder" / "report" / name).is_file()
+
+    # A rerun redoes nothing that finished: the saved cost curve over the same rungs is reused byte for byte...
+    cost_json = tmp_path / "ladder" / "cost_curve.json"
+    measured = cost_json.read_bytes()
+    rerun = subprocess.run(["bash", "benchmarks/run_ladder.sh"], cwd=repo, env={**env, "FACTORS": "1"},
+                           capture_output=True, text=True)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "reusing the cost curve" in rerun.stdout
+    assert cost_json.read_bytes() == measured
+    # ...and one over other rungs is measured again, whole.
+    other = subprocess.run(["bash", "benchmarks/run_ladder.sh"], cwd=repo,
+                           env={**env, "FACTORS": "1", "COST_RUNGS": "x1"}, capture_output=True, text=True)  # fmt: skip
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "reusing the cost curve" not in other.stdout
+    assert [r["rung"] for r in json.loads(cost_json.read_text())["rungs"]] == ["x1"]
