@@ -122,7 +122,7 @@ class Featurized:
     query: np.ndarray | None = None
     pool: np.ndarray | None = None
     scores: np.ndarray | None = None
-    setup_seconds: float = 0.0
+    setup_seconds: float = 0.0  # once per run, whatever the pool size: a fine-tune, a projection matrix
 
     def pair_scores(self) -> np.ndarray:
         """``(n_queries, n_pool)``."""
@@ -401,6 +401,7 @@ class GradientState:
         self.dims = dims
         self.gradient_memory_gib = args.gradient_memory_gib
         self._projectors: list[GradientProjector] | None = None
+        self.projector_seconds: dict[int, float] = {}  # building each size's matrix, a one-off cost
         self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
         logger.info("fine-tuned %s on the %d-example pool in %.1f s", target, len(self.pool), self.setup_seconds)
 
@@ -413,7 +414,11 @@ class GradientState:
         if checkpoint not in self._projected:
             n_params = sum(p.numel() for p in self.model.parameters())
             if self._projectors is None:
-                self._projectors = [GradientProjector(n_params, d, self.preset.seed) for d in self.dims]
+                self._projectors = []
+                for d in self.dims:
+                    tic = time.perf_counter()
+                    self._projectors.append(GradientProjector(n_params, d, self.preset.seed))
+                    self.projector_seconds[d] = time.perf_counter() - tic
             params = self.checkpoints[checkpoint][0]
             size = examples_per_call(n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
             pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
@@ -442,6 +447,7 @@ def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalAr
 
     def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
         shared_bytes = 0.0
+        setup = state.setup_seconds
         if name in ("grad-dot", "grad-cos"):
             pool, queries, seconds = state.projected(len(state.checkpoints) - 1, d)
             if name == "grad-cos":
@@ -472,9 +478,11 @@ def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalAr
             description = (f"LoGra: {n_linear} linear layers, Kronecker-factored projection {rank}x{rank} each "
                            f"({logra.dim} numbers), damped empirical-Fisher preconditioning "
                            f"({preset.logra_damping} x mean eigenvalue); {state.about()}")  # fmt: skip
+        if name != "logra":
+            setup += state.projector_seconds[d]
         bytes_per_example = pool.shape[1] * pool.itemsize + shared_bytes / len(pool)
         return Featurized("gradient", description, seconds, bytes_per_example, queries, pool,
-                          setup_seconds=state.setup_seconds)  # fmt: skip
+                          setup_seconds=setup)  # fmt: skip
 
     return run
 

@@ -110,6 +110,11 @@ def test_one_run_at_several_sizes_equals_a_run_per_size(rungs):
                 shared = np.load(work / "report-x1-both" / "scores" / f"{method}@{dim}.{pooling}.npy")
                 np.testing.assert_array_equal(shared, alone)
         assert both["method_details"][f"grad-cos@{dim}"]["dim"] == dim
+        # A projected method's one-off setup is the shared fine-tune plus building its own matrix;
+        # LoGra builds no such matrix, so its setup is the fine-tune alone.
+        details = both["method_details"]
+        assert details[f"grad-cos@{dim}"]["setup_seconds"] > details[f"logra@{dim}"]["setup_seconds"] > 0
+    assert both["method_details"]["logra@16"]["setup_seconds"] == both["method_details"]["logra@32"]["setup_seconds"]
     assert json.loads((work / "report-x1-both" / "eval_settings.json").read_text())["projection_dims"] == [16, 32]
 
 
