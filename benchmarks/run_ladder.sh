@@ -69,5 +69,5 @@ else
     --output "$cost_json" --plot "$LADDER/cost_curve.png" "${cost_args[@]}"
 fi
 "$PYTHON" ladder_report.py --output_dir "$LADDER/report" --rung "${rung_args[@]}" \
-  --cost_curve "$LADDER/cost_curve.json"
+  --cost_curve "$cost_json"
 echo "ladder report: $LADDER/report/ladder.md"
