@@ -1,7 +1,12 @@
-"""Shared fixtures: one untrained AirRep built from the bundled encoder and saved as a Hub folder."""
+"""Shared fixtures: one untrained AirRep built from the bundled encoder and saved as a Hub folder, smoke
+labels of both modes, and an eval_lds.py report over the lds ones."""
 
 import pytest
 
+from eval_lds import EvalArguments
+from eval_lds import run as evaluate
+from generate_labels import LabelArguments
+from generate_labels import run as generate
 from modeling_airrep import AirRepModel
 
 
@@ -15,3 +20,22 @@ def saved_folder(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint") / "airrep-small-demo"
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def labels(tmp_path_factory):
+    """A folder holding ``labels-lds`` and ``labels-train`` of the smoke preset (and their corpus)."""
+    work = tmp_path_factory.mktemp("eval")
+    for mode in ("lds", "train"):
+        generate(LabelArguments(output_dir=str(work / f"labels-{mode}"), preset="smoke", mode=mode))
+    return work
+
+
+@pytest.fixture(scope="session")
+def report(labels, saved_folder):
+    """``(folder, results)`` of every eval_lds.py method on the smoke lds labels."""
+    folder = labels / "report"
+    results = evaluate(
+        EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)])
+    )
+    return folder, results

@@ -13,23 +13,6 @@ import pytest
 from airrep.eval_report import recompute_lds
 from airrep.training_data import LabelsFormatError
 from eval_lds import METHODS, EvalArguments, Featurized, base_normalises, classify, load_eval_data, main, run
-from generate_labels import LabelArguments
-from generate_labels import run as generate
-
-
-@pytest.fixture(scope="module")
-def labels(tmp_path_factory):
-    work = tmp_path_factory.mktemp("eval")
-    for mode in ("lds", "train"):
-        generate(LabelArguments(output_dir=str(work / f"labels-{mode}"), preset="smoke", mode=mode))
-    return work
-
-
-@pytest.fixture(scope="module")
-def report(labels, saved_folder):
-    folder = labels / "report"
-    results = run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)]))
-    return folder, results
 
 
 def test_every_method_and_pooling_is_reported(report):
