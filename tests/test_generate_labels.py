@@ -29,12 +29,9 @@ def load(folder, config):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-    """One smoke run of each mode, sharing the corpus and target LM built by the first."""
-    work = tmp_path_factory.mktemp("labels")
-    for mode in ("lds", "train"):
-        run(LabelArguments(output_dir=str(work / f"labels-{mode}"), preset="smoke", mode=mode))
-    return work
+def work(labels):
+    """The session's smoke run of each mode (conftest's ``labels``), sharing one corpus and target LM."""
+    return labels
 
 
 def test_three_configs_load_and_match_the_contract(work):
