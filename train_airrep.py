@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import HfArgumentParser
@@ -82,6 +83,8 @@ def preset_training_arguments(preset, explicit: set[str]) -> dict:
         "report_to": "none",
         "remove_unused_columns": False,
         "dataloader_drop_last": False,
+        # Pinned memory only speeds up copies to an accelerator; without one torch warns at every epoch.
+        "dataloader_pin_memory": torch.accelerator.is_available(),
     }
     return {k: v for k, v in values.items() if k not in explicit}
 
