@@ -1,0 +1,112 @@
+"""Paired comparison of methods from ``eval_lds.py`` reports over the same ``lds`` labels.
+
+Two methods' intervals can overlap while one beats the other on nearly every query. Scored on the
+same queries, the per-query LDS differences get a paired bootstrap interval (queries resampled
+together), which is the test that "A beats B outside the interval" needs. The methods may come from
+different report folders, such as a new checkpoint's report and the baselines' report.
+
+    python -m airrep.compare_reports --labels out/demo/labels-lds \\
+        --methods out/demo/report-new:airrep out/demo/report:tfidf out/demo/report:grad-cos.attention
+
+A method is ``REPORT:METHOD`` or ``REPORT:METHOD.POOLING``; without a pooling, the one with the higher
+LDS on these labels is used, as the report tables do. Differences are taken from the first method.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airrep.eval_report import POOLINGS, scores_path
+from airrep.lds import bootstrap_ci, lds
+from airrep.outputs import write_json
+from airrep.training_data import load_labels
+
+
+def _per_query(report: str, method: str, pooling: str, losses: np.ndarray) -> np.ndarray:
+    file = scores_path(report, method, pooling)
+    if not file.is_file():
+        saved = sorted(p.name.removesuffix(".npy") for p in (Path(report) / "scores").glob("*.npy"))
+        raise FileNotFoundError(f"{file} does not exist; {report} holds scores for {saved}")
+    scores = np.load(file)
+    if scores.shape != losses.shape:
+        raise ValueError(
+            f"{file}: scores of shape {scores.shape}, but the labels have {losses.shape} (subsets, queries)"
+        )
+    return lds(scores, losses)
+
+
+def resolve(spec: str, losses: np.ndarray) -> tuple[str, np.ndarray]:
+    """``(name, per-query LDS)`` of one ``REPORT:METHOD[.POOLING]`` spec."""
+    report, sep, method = spec.rpartition(":")
+    if not sep or not report or not method:
+        raise ValueError(f"{spec!r}: expected REPORT:METHOD or REPORT:METHOD.POOLING")
+    name, _, pooling = method.rpartition(".")
+    if pooling in POOLINGS and name:
+        return f"{report}:{name}.{pooling}", _per_query(report, name, pooling, losses)
+    candidates = {p: _per_query(report, method, p, losses) for p in POOLINGS}
+    best = max(candidates, key=lambda p: candidates[p].mean())
+    return f"{report}:{method}.{best}", candidates[best]
+
+
+def compare(labels: str, specs: list[str], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Each method's LDS and its paired difference from the first, with percentile bootstrap intervals."""
+    if len(specs) < 2:
+        raise ValueError("give at least two methods: the first is compared with each of the others")
+    data = load_labels(labels)
+    if len(data.splits) != 1:
+        raise ValueError(f"{labels} has {len(data.splits)} splits; reports are scored on lds labels (one split)")
+    losses = next(iter(data.splits.values())).losses
+    resolved = [resolve(spec, losses) for spec in specs]
+    reference_name, reference = resolved[0]
+    out: dict[str, Any] = {"labels": labels, "reference": reference_name, "n_queries": int(reference.size),
+                           "n_resamples": n_resamples, "methods": {}}  # fmt: skip
+    for name, per_query in resolved:
+        difference = reference - per_query
+        out["methods"][name] = {
+            "lds": float(per_query.mean()),
+            "ci": list(bootstrap_ci(per_query, n_resamples, seed=seed)),
+            "reference_minus_this": float(difference.mean()),
+            "reference_minus_this_ci": list(bootstrap_ci(difference, n_resamples, seed=seed)),
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"LDS x100 on `{result['labels']}` ({result['n_queries']} queries) and the paired difference "
+        f"`{result['reference']}` minus each method, 95% percentile bootstrap over queries.",
+        "",
+        "| method | LDS x100 | reference minus this |",
+        "|---|---|---|",
+    ]
+    for name, e in result["methods"].items():
+        low, high = e["ci"]
+        cell = "reference"
+        if name != result["reference"]:
+            d_low, d_high = e["reference_minus_this_ci"]
+            cell = f"{100 * e['reference_minus_this']:+.1f} [{100 * d_low:+.1f}, {100 * d_high:+.1f}]"
+        lines.append(f"| {name} | {100 * e['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", required=True, help="the lds labels every report was scored on")
+    parser.add_argument(
+        "--methods", nargs="+", required=True, help="REPORT:METHOD[.POOLING]; the first is the reference"
+    )
+    parser.add_argument("--n_resamples", type=int, default=2000)
+    parser.add_argument("--output", default=None, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = compare(args.labels, args.methods, args.n_resamples)
+    print(markdown(result))
+    if args.output:
+        write_json(args.output, result)
+
+
+if __name__ == "__main__":
+    main()
