@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, scores_path
-from airrep.lds import bootstrap_ci, lds
+from airrep.eval_report import POOLINGS, format_lds, scores_path
+from airrep.lds import lds, paired_summary
 from airrep.outputs import write_json
 from airrep.training_data import load_labels
 
@@ -62,16 +62,11 @@ def compare(labels: str, specs: list[str], n_resamples: int = 2000, seed: int = 
     losses = next(iter(data.splits.values())).losses
     resolved = [resolve(spec, losses) for spec in specs]
     reference_name, reference = resolved[0]
+    # "difference" is the reference minus each method, so a positive one means the reference is ahead.
     out: dict[str, Any] = {"labels": labels, "reference": reference_name, "n_queries": int(reference.size),
-                           "n_resamples": n_resamples, "methods": {}}  # fmt: skip
+                           "difference": "reference minus this", "n_resamples": n_resamples, "methods": {}}  # fmt: skip
     for name, per_query in resolved:
-        difference = reference - per_query
-        out["methods"][name] = {
-            "lds": float(per_query.mean()),
-            "ci": list(bootstrap_ci(per_query, n_resamples, seed=seed)),
-            "reference_minus_this": float(difference.mean()),
-            "reference_minus_this_ci": list(bootstrap_ci(difference, n_resamples, seed=seed)),
-        }
+        out["methods"][name] = paired_summary(per_query, reference - per_query, n_resamples, seed)
     return out
 
 
@@ -84,12 +79,11 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for name, e in result["methods"].items():
-        low, high = e["ci"]
         cell = "reference"
         if name != result["reference"]:
-            d_low, d_high = e["reference_minus_this_ci"]
-            cell = f"{100 * e['reference_minus_this']:+.1f} [{100 * d_low:+.1f}, {100 * d_high:+.1f}]"
-        lines.append(f"| {name} | {100 * e['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {cell} |")
+            d_low, d_high = e["difference_ci"]
+            cell = f"{100 * e['difference']:+.1f} [{100 * d_low:+.1f}, {100 * d_high:+.1f}]"
+        lines.append(f"| {name} | {format_lds(e)} | {cell} |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from airrep.lds import bootstrap_ci
+from airrep.lds import paired_summary
 from airrep.lds_evaluator import LDSEvaluator
 from airrep.outputs import write_json
 from airrep.training_data import load_labels
@@ -68,16 +68,10 @@ def compare(
     out: dict[str, Any] = {"labels": labels, "splits": splits, "reference": reference,
                            "n_queries": len(next(iter(per_query[reference].values()))), "models": {}}  # fmt: skip
     for model, values in per_query.items():
-        entry = {}
-        for pooling, v in values.items():
-            difference = v - per_query[reference][pooling]
-            entry[pooling] = {
-                "lds": float(v.mean()),
-                "ci": list(bootstrap_ci(v, n_resamples, seed=seed)),
-                "difference": float(difference.mean()),
-                "difference_ci": list(bootstrap_ci(difference, n_resamples, seed=seed)),
-            }
-        out["models"][model] = entry
+        out["models"][model] = {
+            pooling: paired_summary(v, v - per_query[reference][pooling], n_resamples, seed)
+            for pooling, v in values.items()
+        }
     return out
 
 

@@ -33,7 +33,8 @@ def recompute_lds(
     return out
 
 
-def _fmt_lds(entry: dict[str, Any] | None) -> str:
+def format_lds(entry: dict[str, Any] | None) -> str:
+    """``LDS [low, high]`` x100 of an ``{"lds", "ci"}`` entry, or a dash where there is none."""
     if not entry or entry.get("lds") is None or math.isnan(entry["lds"]):
         return "—"
     low, high = entry["ci"]
@@ -64,7 +65,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         first = next(iter(poolings.values()))
         acc = accuracy.get(name)
         lines.append(
-            f"| {name} | {_fmt_lds(poolings.get('sum'))} | {_fmt_lds(poolings.get('attention'))} | "
+            f"| {name} | {format_lds(poolings.get('sum'))} | {format_lds(poolings.get('attention'))} | "
             f"{_fmt_number(first.get('featurize_seconds_per_example'))} | "
             f"{_fmt_number(first.get('bytes_per_example'))} | {'—' if acc is None else f'{100 * acc:.1f}%'} |"
         )

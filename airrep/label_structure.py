@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from datasets import load_dataset
 
-from airrep.eval_report import POOLINGS, scores_path
+from airrep.eval_report import POOLINGS, format_lds, scores_path
 from airrep.lds import bootstrap_ci, lds
 from airrep.outputs import write_json
 from airrep.training_data import LabelsData, LabelsFormatError, load_labels
@@ -134,11 +134,6 @@ def split_report(
     return out
 
 
-def _fmt(entry: dict[str, Any]) -> str:
-    low, high = entry["ci"]
-    return f"{100 * entry['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
 def markdown(result: dict[str, Any]) -> str:
     """The oracle table and, when a report was given, the split of each method's LDS."""
     lines = [
@@ -150,7 +145,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for column, entry in result["oracles"].items():
         on_matched = "—" if entry["lds_on_matched"] is None else f"{100 * entry['lds_on_matched']:.1f}"
-        lines.append(f"| same {column} | {_fmt(entry)} | {100 * entry['queries_with_match']:.0f}% | {on_matched} |")
+        lines.append(
+            f"| same {column} | {format_lds(entry)} | {100 * entry['queries_with_match']:.0f}% | {on_matched} |"
+        )
     if "methods" in result:
         lines += [
             "",
@@ -166,10 +163,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for method, poolings in result["methods"].items():
             for pooling in (p for p in POOLINGS if p in poolings):
-                e = poolings[pooling]
-                lines.append(
-                    f"| {method} | {pooling} | {_fmt(e['all'])} | {_fmt(e['matched'])} | {_fmt(e['unmatched'])} |"
-                )
+                cells = " | ".join(format_lds(poolings[pooling][group]) for group in ("all", "matched", "unmatched"))
+                lines.append(f"| {method} | {pooling} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

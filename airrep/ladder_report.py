@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, recompute_lds, scores_path
+from airrep.eval_report import POOLINGS, format_lds, recompute_lds, scores_path
 from airrep.gradient_methods import GRADIENT_METHODS
 from airrep.outputs import save_figure
 
@@ -105,13 +105,6 @@ def best_pooling(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return max(entry["poolings"].items(), key=lambda item: -math.inf if math.isnan(item[1]["lds"]) else item[1]["lds"])
 
 
-def _fmt(entry: dict[str, Any] | None) -> str:
-    if entry is None or math.isnan(entry["lds"]):
-        return "—"
-    low, high = entry["ci"]
-    return f"{100 * entry['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
 def markdown(report: dict[str, Any]) -> str:
     """One table per rung, a summary across rungs, and the cost curve when there is one."""
     lines = ["# AirRep across target-LM sizes", ""]
@@ -127,9 +120,10 @@ def markdown(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for name, entry in data["methods"].items():
-            first = next(iter(entry["poolings"].values()))
+            poolings = entry["poolings"]
+            first = next(iter(poolings.values()))
             lines.append(
-                f"| {name} | {_fmt(entry['poolings'].get('sum'))} | {_fmt(entry['poolings'].get('attention'))} | "
+                f"| {name} | {format_lds(poolings.get('sum'))} | {format_lds(poolings.get('attention'))} | "
                 f"{first['featurize_seconds_per_example']:.4g} | {first['bytes_per_example']:,.0f} |"
             )
         if ceiling.get("sqrt_r") is not None:
@@ -148,7 +142,7 @@ def markdown(report: dict[str, Any]) -> str:
                 cells.append("—")
             else:
                 pooling, best = best_pooling(entry)
-                cells.append(f"{_fmt(best)} ({pooling})")
+                cells.append(f"{format_lds(best)} ({pooling})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     curve = report.get("cost_curve")

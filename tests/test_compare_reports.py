@@ -38,10 +38,10 @@ def test_paired_differences_match_an_independent_computation(labels, report, tmp
     entry = result["methods"][f"{folder}:bm25.{best_bm25}"]
     difference = per_query["tfidf", "sum"] - per_query["bm25", best_bm25]
     assert entry["lds"] == pytest.approx(per_query["bm25", best_bm25].mean(), abs=1e-12)
-    assert entry["reference_minus_this"] == pytest.approx(difference.mean(), abs=1e-12)
-    low, high = entry["reference_minus_this_ci"]
+    assert entry["difference"] == pytest.approx(difference.mean(), abs=1e-12)
+    low, high = entry["difference_ci"]
     assert low <= difference.mean() <= high
-    assert result["methods"][f"{folder}:tfidf.sum"]["reference_minus_this"] == 0.0
+    assert result["methods"][f"{folder}:tfidf.sum"]["difference"] == 0.0
 
 
 def test_bad_input_gets_a_clear_error(labels, report):
