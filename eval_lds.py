@@ -400,6 +400,7 @@ class GradientState:
         self.preset = preset
         self.dims = dims
         self.gradient_memory_gib = args.gradient_memory_gib
+        self.n_params = sum(p.numel() for p in self.model.parameters())
         self._projectors: list[GradientProjector] | None = None
         self.projector_seconds: dict[int, float] = {}  # building each size's matrix, a one-off cost
         self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
@@ -412,15 +413,14 @@ class GradientState:
         ``seconds`` is what featurizing at this size alone takes (the gradients plus its projection).
         """
         if checkpoint not in self._projected:
-            n_params = sum(p.numel() for p in self.model.parameters())
             if self._projectors is None:
                 self._projectors = []
                 for d in self.dims:
                     tic = time.perf_counter()
-                    self._projectors.append(GradientProjector(n_params, d, self.preset.seed))
+                    self._projectors.append(GradientProjector(self.n_params, d, self.preset.seed))
                     self.projector_seconds[d] = time.perf_counter() - tic
             params = self.checkpoints[checkpoint][0]
-            size = examples_per_call(n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
+            size = examples_per_call(self.n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
             pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
                                                    size, "pool gradients")  # fmt: skip
             queries, query_seconds = project_gradients(self.model, params, self.queries, self.pad_id,

@@ -15,28 +15,18 @@ LDS on these labels is used, as the report tables do. Differences are taken from
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, format_lds, scores_path
+from airrep.eval_report import POOLINGS, format_lds, load_scores
 from airrep.lds import lds, paired_summary
 from airrep.outputs import write_json
-from airrep.training_data import load_labels
+from airrep.training_data import lds_split, load_labels
 
 
 def _per_query(report: str, method: str, pooling: str, losses: np.ndarray) -> np.ndarray:
-    file = scores_path(report, method, pooling)
-    if not file.is_file():
-        saved = sorted(p.name.removesuffix(".npy") for p in (Path(report) / "scores").glob("*.npy"))
-        raise FileNotFoundError(f"{file} does not exist; {report} holds scores for {saved}")
-    scores = np.load(file)
-    if scores.shape != losses.shape:
-        raise ValueError(
-            f"{file}: scores of shape {scores.shape}, but the labels have {losses.shape} (subsets, queries)"
-        )
-    return lds(scores, losses)
+    return lds(load_scores(report, method, pooling, losses.shape), losses)
 
 
 def resolve(spec: str, losses: np.ndarray) -> tuple[str, np.ndarray]:
@@ -56,10 +46,7 @@ def compare(labels: str, specs: list[str], n_resamples: int = 2000, seed: int = 
     """Each method's LDS and its paired difference from the first, with percentile bootstrap intervals."""
     if len(specs) < 2:
         raise ValueError("give at least two methods: the first is compared with each of the others")
-    data = load_labels(labels)
-    if len(data.splits) != 1:
-        raise ValueError(f"{labels} has {len(data.splits)} splits; reports are scored on lds labels (one split)")
-    losses = next(iter(data.splits.values())).losses
+    losses = lds_split(load_labels(labels)).losses
     resolved = [resolve(spec, losses) for spec in specs]
     reference_name, reference = resolved[0]
     # "difference" is the reference minus each method, so a positive one means the reference is ahead.

@@ -21,14 +21,39 @@ def scores_path(folder: str | os.PathLike, method: str, pooling: str) -> Path:
     return Path(folder) / "scores" / f"{method}.{pooling}.npy"
 
 
+def saved_scores(folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(method, pooling)`` of every score matrix saved in a report folder, sorted."""
+    files = sorted((Path(folder) / "scores").glob("*.npy"))
+    return [tuple(file.name.removesuffix(".npy").rsplit(".", 1)) for file in files]
+
+
+def load_scores(folder: str | os.PathLike, method: str, pooling: str, shape: tuple[int, ...]) -> np.ndarray:
+    """One saved score matrix, checked against the labels' ``(subsets, queries)`` shape.
+
+    Raises:
+        FileNotFoundError: no such matrix; the message lists the ones the folder holds.
+        ValueError: the matrix does not have ``shape``.
+    """
+    file = scores_path(folder, method, pooling)
+    if not file.is_file():
+        saved = [f"{m}.{p}" for m, p in saved_scores(folder)]
+        raise FileNotFoundError(f"{file} does not exist; {folder} holds scores for {saved}")
+    scores = np.load(file)
+    if scores.shape != tuple(shape):
+        raise ValueError(
+            f"{file}: scores of shape {scores.shape}, but the labels have {tuple(shape)} (subsets, queries); "
+            "was the report made on these labels?"
+        )
+    return scores
+
+
 def recompute_lds(
     folder: str | os.PathLike, losses: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """LDS and interval of every saved score matrix, against the labels' ``(subsets, queries)`` losses."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for file in sorted((Path(folder) / "scores").glob("*.npy")):
-        method, pooling = file.name.removesuffix(".npy").rsplit(".", 1)
-        summary = lds_summary(np.load(file), losses, n_resamples, confidence, seed)
+    for method, pooling in saved_scores(folder):
+        summary = lds_summary(np.load(scores_path(folder, method, pooling)), losses, n_resamples, confidence, seed)
         out.setdefault(method, {})[pooling] = {"lds": summary["lds"], "ci": summary["ci"]}
     return out
 

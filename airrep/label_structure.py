@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from datasets import load_dataset
 
-from airrep.eval_report import POOLINGS, format_lds, scores_path
+from airrep.eval_report import POOLINGS, format_lds, load_scores, saved_scores
 from airrep.lds import bootstrap_ci, lds
 from airrep.outputs import write_json
-from airrep.training_data import LabelsData, LabelsFormatError, load_labels
+from airrep.training_data import LabelsData, LabelsFormatError, Split, lds_split, load_labels
 from modeling_airrep import group_influence
 
 logger = logging.getLogger(__name__)
@@ -57,6 +56,12 @@ def _selected_splits(data: LabelsData, splits: list[int] | None) -> list[int]:
     if unknown:
         raise ValueError(f"{data.source} has no split(s) {unknown}; it has {sorted(data.splits)}")
     return splits
+
+
+def _matched(split: Split, pool_values: np.ndarray, query_values: np.ndarray) -> np.ndarray:
+    """Per query of ``split``: does any member of its subsets share the query's value?"""
+    members = np.unique(np.concatenate(split.subsets))
+    return np.isin(query_values[split.queries], pool_values[members])
 
 
 def _summary(per_query: np.ndarray, n_resamples: int) -> dict[str, Any]:
@@ -87,10 +92,9 @@ def analyse(
         per_query, matched = [], []
         for split_id in split_ids:
             split = data.splits[split_id]
-            members = np.unique(np.concatenate(split.subsets))
             scores = oracle_scores(pool_values, query_values[split.queries], split.subsets)
             per_query.append(lds(scores, split.losses))
-            matched.append(np.isin(query_values[split.queries], pool_values[members]))
+            matched.append(_matched(split, pool_values, query_values))
         per_query_all, matched_all = np.concatenate(per_query), np.concatenate(matched)
         out["oracles"][column] = _summary(per_query_all, n_resamples) | {
             "queries_with_match": float(matched_all.mean()),
@@ -108,24 +112,14 @@ def split_report(
     data: LabelsData, report: str, pool_values: np.ndarray, query_values: np.ndarray, n_resamples: int
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Every saved score matrix's LDS on the queries with a pool match of their value and on the rest."""
-    if len(data.splits) != 1:
-        raise ValueError(f"{data.source} has {len(data.splits)} splits; a report is scored on lds labels (one split)")
-    split = next(iter(data.splits.values()))
-    members = np.unique(np.concatenate(split.subsets))
-    matched = np.isin(query_values[split.queries], pool_values[members])
-    files = sorted((Path(report) / "scores").glob("*.npy"))
-    if not files:
+    split = lds_split(data)
+    matched = _matched(split, pool_values, query_values)
+    saved = saved_scores(report)
+    if not saved:
         raise FileNotFoundError(f"{report}: no saved score matrices under scores/")
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for file in files:
-        method, pooling = file.name.removesuffix(".npy").rsplit(".", 1)
-        scores = np.load(scores_path(report, method, pooling))
-        if scores.shape != split.losses.shape:
-            raise ValueError(
-                f"{file}: scores of shape {scores.shape}, but {data.source} has {split.losses.shape} "
-                "(subsets, queries); was the report made on these labels?"
-            )
-        per_query = lds(scores, split.losses)
+    for method, pooling in saved:
+        per_query = lds(load_scores(report, method, pooling, split.losses.shape), split.losses)
         out.setdefault(method, {})[pooling] = {
             "all": _summary(per_query, n_resamples),
             "matched": _summary(per_query[matched], n_resamples),

@@ -104,6 +104,13 @@ def load_labels(source: str) -> LabelsData:
     return LabelsData(source, pool["text"], queries["text"], splits, excluded)
 
 
+def lds_split(data: LabelsData) -> Split:
+    """The one split of ``lds``-mode labels, the labels an ``eval_lds.py`` report is scored on."""
+    if len(data.splits) != 1:
+        raise ValueError(f"{data.source} has {len(data.splits)} splits; reports are scored on lds labels (one split)")
+    return next(iter(data.splits.values()))
+
+
 def sample_rows(
     data: LabelsData, split_ids: list[int], queries_per_row: int, subsets_per_row: int, n_rows: int, seed: int
 ) -> Dataset:

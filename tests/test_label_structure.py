@@ -73,7 +73,7 @@ def test_bad_input_gets_a_clear_error(labels, report, tmp_path):
         analyse(str(labels / "labels-lds"), ["answer"])
     with pytest.raises(ValueError, match=r"has no split\(s\) \[7\]"):
         analyse(str(labels / "labels-train"), ["task"], splits=[7])
-    with pytest.raises(ValueError, match="a report is scored on lds labels"):
+    with pytest.raises(ValueError, match="reports are scored on lds labels"):
         analyse(str(labels / "labels-train"), ["task"], report=str(report[0]))
     wrong = tmp_path / "wrong"
     (wrong / "scores").mkdir(parents=True)
