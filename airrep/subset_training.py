@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from airrep.target_lm import SFTExample, collate, response_losses
+from airrep.target_lm import (
+    SFTExample,
+    collate,
+    response_losses,
+    response_positions,
+    selects_logits,
+    token_losses,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,9 @@ class SFTSettings:
     batch_size: int = 16
     weight_decay: float = 0.0
     eval_batch_size: int = 32
+    # Project to the vocabulary only at response positions where the model takes ``logits_to_keep``.
+    # The losses are the same up to float rounding; off only to measure what it saves.
+    response_logits_only: bool = True
 
 
 def _stack(
@@ -41,7 +51,7 @@ def _stack(
 class _Stacked:
     """Copies of one model's parameters stacked along a leading dimension, run with ``vmap``."""
 
-    def __init__(self, model: torch.nn.Module, n_models: int) -> None:
+    def __init__(self, model: torch.nn.Module, n_models: int, select_logits: bool = True) -> None:
         self.model = model
         self.buffers = dict(model.named_buffers())
         self.params = {
@@ -49,14 +59,29 @@ class _Stacked:
             for name, p in model.named_parameters()
         }
         self.n_models = n_models
+        self.selects_logits = select_logits and selects_logits(model)
 
-    def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False}).logits
+    def _logits(
+        self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor | None
+    ) -> torch.Tensor:
+        kwargs: dict[str, object] = {"use_cache": False}
+        if positions is not None:
+            kwargs["logits_to_keep"] = positions
+        return functional_call(self.model, (params, self.buffers), (ids,), kwargs).logits
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:  # ids: (models, examples, length)
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every model: ids ``(models, examples, length)``, positions ``(models, examples, P)``."""
         if self.n_models == 1:
-            return self._logits({name: p[0] for name, p in self.params.items()}, ids[0]).unsqueeze(0)
-        return vmap(self._logits)(self.params, ids)
+            one = {name: p[0] for name, p in self.params.items()}
+            return self._logits(one, ids[0], None if positions is None else positions[0]).unsqueeze(0)
+        return vmap(self._logits, in_dims=(0, 0, None if positions is None else 0))(self.params, ids, positions)
+
+    def response_losses(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response loss and response-token count, ``(models, examples)`` each."""
+        if not self.selects_logits:
+            return response_losses(self(ids), labels)
+        positions, targets = response_positions(labels)
+        return token_losses(self(ids, positions), targets)
 
 
 EpochCallback = Callable[[int, dict[str, torch.Tensor], float], None]
@@ -89,8 +114,7 @@ def _finetune(
         rates = []
         for begin in range(0, subset_size, settings.batch_size):
             rows = [[pool[i] for i in orders[m][begin : begin + settings.batch_size]] for m in range(n_models)]
-            ids, labels = _stack(rows, pad_id, device)
-            summed, counts = response_losses(stacked(ids), labels)
+            summed, counts = stacked.response_losses(*_stack(rows, pad_id, device))
             per_model = summed.sum(-1) / counts.sum(-1).clamp(min=1)
             per_model.sum().backward()
             rate = settings.learning_rate * (1 - step / total_steps)
@@ -118,7 +142,7 @@ def _losses(
         for begin in range(0, n_queries, settings.eval_batch_size):
             rows = [[queries[int(i)] for i in qs[begin : begin + settings.eval_batch_size]] for qs in query_sets]
             ids, labels = _stack(rows, pad_id, device)
-            summed, counts = response_losses(stacked(ids), labels)
+            summed, counts = stacked.response_losses(ids, labels)
             per_query = summed / counts.clamp(min=1)
             per_query[counts == 0] = float("nan")
             losses[:, begin : begin + per_query.shape[1]] = per_query.double().cpu().numpy()
@@ -158,7 +182,7 @@ def train_and_score(
     was_training = model.training
     model.eval()  # no dropout: runs are reproducible and vmap needs no randomness
     try:
-        stacked = _Stacked(model, n_models)
+        stacked = _Stacked(model, n_models, settings.response_logits_only)
         _finetune(stacked, pool, subsets, seeds, settings, pad_id)
         return _losses(stacked, queries, query_sets, settings, pad_id)
     finally:
@@ -187,7 +211,15 @@ def finetune(
     was_training = model.training
     model.eval()
     try:
-        _finetune(_Stacked(model, 1), pool, [np.asarray(subset)], [seed], settings, pad_id, keep)
+        _finetune(
+            _Stacked(model, 1, settings.response_logits_only),
+            pool,
+            [np.asarray(subset)],
+            [seed],
+            settings,
+            pad_id,
+            keep,
+        )
     finally:
         model.train(was_training)
     return checkpoints

@@ -7,6 +7,7 @@ template is used where it has one.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -131,18 +132,48 @@ def collate(
     return ids, labels
 
 
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row summed cross-entropy of ``logits`` (..., positions, vocab) against ``targets`` (..., positions),
+    skipping IGNORE_INDEX targets, and the count of targets that are not skipped."""
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(targets.shape)
+    return losses.sum(-1), (targets != IGNORE_INDEX).sum(-1)
+
+
 def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token cross-entropy over labelled tokens, and the count of those tokens."""
-    shifted_logits = logits[..., :-1, :].float()
-    shifted_labels = labels[..., 1:]
-    token_losses = torch.nn.functional.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-        shifted_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shifted_labels.shape)
-    counts = (shifted_labels != IGNORE_INDEX).sum(-1)
-    return token_losses.sum(-1), counts
+    return token_losses(logits[..., :-1, :], labels[..., 1:])
+
+
+def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions whose next-token logits the response loss reads, and the tokens they predict.
+
+    Pass ``positions`` as a causal LM's ``logits_to_keep`` and score its logits with
+    :func:`token_losses` against ``targets``: the sums equal :func:`response_losses` on the full
+    logits, but the vocabulary projection runs only where the loss looks. Responses are short (a few
+    tokens after a longer prompt), so that skips most of the LM head's work, forward and backward.
+
+    Args:
+        labels: ``(..., length)`` labels, IGNORE_INDEX outside responses.
+
+    Returns:
+        ``(positions, targets)``, both ``(..., P)`` where P is the most response tokens of any row
+        (at least 1). Rows with fewer are filled with position 0 and IGNORE_INDEX targets.
+    """
+    shifted = labels[..., 1:]
+    kept = shifted != IGNORE_INDEX
+    width = max(1, int(kept.sum(-1).max())) if kept.numel() else 1
+    # A stable sort of "not kept" puts each row's kept positions first, in order.
+    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[..., :width]
+    in_response = torch.take_along_dim(kept, order, dim=-1)
+    targets = torch.take_along_dim(shifted, order, dim=-1).masked_fill(~in_response, IGNORE_INDEX)
+    return order.masked_fill(~in_response, 0), targets
+
+
+def selects_logits(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes ``logits_to_keep`` (most HF causal LMs of transformers 5 do)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def llama_config(spec: TargetLMSpec, vocab_size: int, pad_token_id: int = 0, eos_token_id: int = 1) -> Any:

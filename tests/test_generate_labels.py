@@ -1,6 +1,7 @@
 """generate_labels.py on the smoke preset: the dataset contract, disjointness, resuming after a real
 kill, a 2-process torchrun run, divergence flagging and bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +18,14 @@ from datasets import Dataset, load_dataset
 from airrep.corpus import generate_split_records
 from airrep.hub import install_in_offline_cache
 from airrep.subset_training import SFTSettings, train_and_score
-from airrep.target_lm import sft_example, train_tokenizer
+from airrep.target_lm import (
+    response_losses,
+    response_positions,
+    selects_logits,
+    sft_example,
+    token_losses,
+    train_tokenizer,
+)
 from configuration_airrep import RecordFormatError, format_text
 from generate_labels import LabelArguments, run
 
@@ -186,9 +194,49 @@ def test_batched_training_equals_one_model_at_a_time():
         ]
     )
     np.testing.assert_allclose(together, alone, rtol=1e-5)
+    # Logits at response positions only are the default; every position gives the same models.
+    full = dataclasses.replace(settings, response_logits_only=False)
+    everywhere = train_and_score(model, pool, queries, subsets, query_sets, [1, 2, 3], full, tokenizer.pad_token_id)
+    np.testing.assert_allclose(together, everywhere, rtol=1e-5)
     assert not np.allclose(together[0], together[2])  # different subsets, different models
     for name, tensor in model.state_dict().items():  # the target LM itself is left untouched
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_response_positions_reproduce_the_full_response_loss():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, 6, 9, 4]])  # right-padded; row 0 has 2 pads
+    positions, targets = response_positions(labels)
+    # Position t predicts token t + 1: row 0 reads positions 1, 2; row 1 reads 0-3. Fill: position 0, ignored.
+    assert positions.tolist() == [[1, 2, 0, 0], [0, 1, 2, 3]]
+    assert targets.tolist() == [[7, 8, -100, -100], [5, 6, 9, 4]]
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    assert selects_logits(model)
+    ids = torch.randint(1, 50, (2, 3, 12))  # (models, examples, length), as subset training stacks them
+    labels = torch.full_like(ids, -100)
+    for row, (start, end) in enumerate([(4, 12), (2, 6), (10, 12), (1, 3), (7, 11), (3, 12)]):
+        labels.view(-1, 12)[row, start:end] = ids.view(-1, 12)[row, start:end]
+    positions, targets = response_positions(labels)
+    assert positions.shape == (2, 3, 9)  # the longest response
+    flat_positions = positions.view(-1, 9)
+    kept = model(input_ids=ids.view(-1, 12), logits_to_keep=flat_positions).logits.view(2, 3, 9, -1)
+    full = model(input_ids=ids.view(-1, 12)).logits.view(2, 3, 12, -1)
+    summed, counts = token_losses(kept, targets)
+    expected_summed, expected_counts = response_losses(full, labels)
+    torch.testing.assert_close(summed, expected_summed)
+    assert counts.tolist() == expected_counts.tolist() == [[8, 4, 2], [2, 4, 9]]
+    # And against a loop over tokens, independently of both helpers.
+    log_probs = torch.log_softmax(full.float(), -1)
+    row_sums = [
+        -sum(log_probs[m, e, t - 1, ids[m, e, t]] for t in range(1, 12) if labels[m, e, t] != -100)
+        for m in range(2) for e in range(3)
+    ]  # fmt: skip
+    torch.testing.assert_close(summed.view(-1), torch.stack(row_sums))
 
 
 def _parquet_corpus(folder: Path, pool: list[dict], test: list[dict]) -> str:
