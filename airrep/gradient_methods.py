@@ -37,7 +37,7 @@ from sklearn.random_projection import SparseRandomProjection
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from airrep.target_lm import SFTExample, collate, response_losses
+from airrep.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
 
 GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
 
@@ -67,22 +67,29 @@ def per_example_gradients(
     examples: Sequence[SFTExample],
     pad_id: int,
     feature_major: bool = False,
+    response_logits_only: bool = True,
 ) -> torch.Tensor:
     """``(len(examples), n_params)``: the flattened gradient of each example's mean response loss.
 
     Parameters are flattened in ``params`` order. With ``feature_major`` the result is transposed,
     ``(n_params, len(examples))`` and contiguous, the layout :class:`GradientProjector` multiplies
     without a copy. ``model`` must use an attention implementation that ``vmap`` supports (``"eager"``).
+    With ``response_logits_only`` the LM head runs only at response positions where the model takes
+    ``logits_to_keep``; the gradients are the same up to rounding (off to measure the saving).
     """
     buffers = dict(model.named_buffers())
     ids, labels = collate(examples, pad_id)
+    positions, targets = response_positions(labels)
+    select = response_logits_only and selects_logits(model)
 
-    def example_loss(p: Params, one_ids: torch.Tensor, one_labels: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, (p, buffers), (one_ids.unsqueeze(0),), {"use_cache": False}).logits
-        summed, count = response_losses(logits, one_labels.unsqueeze(0))
+    def example_loss(p: Params, one_ids: torch.Tensor, one_positions: torch.Tensor, one_targets: torch.Tensor):
+        def forward(**kwargs):
+            return functional_call(model, (p, buffers), (one_ids.unsqueeze(0),), {"use_cache": False, **kwargs})
+
+        summed, count = token_losses(logits_at(forward, one_positions.unsqueeze(0), select), one_targets.unsqueeze(0))
         return summed[0] / count[0].clamp(min=1)
 
-    grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, ids, labels)
+    grads = vmap(grad(example_loss), in_dims=(None, 0, 0, 0))(params, ids, positions, targets)
     if feature_major:  # transposed block by block while concatenating: one copy, not two
         return torch.cat([grads[name].reshape(len(examples), -1).T for name in params], dim=0)
     return torch.cat([grads[name].reshape(len(examples), -1) for name in params], dim=1)
@@ -128,9 +135,12 @@ def projected_gradients(
     projector: GradientProjector,
     batch_size: int = 16,
     desc: str = "gradients",
+    response_logits_only: bool = True,
 ) -> np.ndarray:
     """``(len(examples), projector.dim)`` float32: projected per-example gradients."""
-    (features,), _ = project_gradients(model, params, examples, pad_id, [projector], batch_size, desc)
+    (features,), _ = project_gradients(
+        model, params, examples, pad_id, [projector], batch_size, desc, response_logits_only
+    )
     return features
 
 
@@ -142,6 +152,7 @@ def project_gradients(
     projectors: Sequence[GradientProjector],
     batch_size: int = 16,
     desc: str = "gradients",
+    response_logits_only: bool = True,
 ) -> tuple[list[np.ndarray], list[float]]:
     """Per-example gradients, computed once, projected by every projector.
 
@@ -156,7 +167,8 @@ def project_gradients(
     def featurize(batch: list[SFTExample]) -> np.ndarray:
         nonlocal gradient_seconds
         tic = time.perf_counter()
-        gradients = per_example_gradients(model, params, batch, pad_id, feature_major=True).detach().cpu().numpy()
+        gradients = per_example_gradients(model, params, batch, pad_id, True, response_logits_only)
+        gradients = gradients.detach().cpu().numpy()
         gradient_seconds += time.perf_counter() - tic
         parts = []
         for k, projector in enumerate(projectors):
@@ -194,12 +206,22 @@ class LoGra:
             ``k`` columns each).
         seed: Seed of the Gaussian projection matrices.
         damping: Each layer's Fisher is damped by ``damping`` times its mean eigenvalue.
+        response_logits_only: Run the LM head only at response positions where the model takes
+            ``logits_to_keep``. The features are the same up to rounding; off to measure the saving.
     """
 
-    def __init__(self, model: torch.nn.Module, rank: int, seed: int = 0, damping: float = 0.1) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        rank: int,
+        seed: int = 0,
+        damping: float = 0.1,
+        response_logits_only: bool = True,
+    ) -> None:
         if rank < 1:
             raise ValueError(f"the LoGra rank must be at least 1, got {rank}")
         self.model, self.rank, self.damping = model, rank, damping
+        self.select_logits = response_logits_only and selects_logits(model)
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no nn.Linear layer for LoGra to project")
@@ -238,8 +260,15 @@ class LoGra:
         try:
             ids, labels = collate(batch, pad_id)
             device = next(self.model.parameters()).device
-            logits = self.model(input_ids=ids.to(device), use_cache=False).logits
-            summed, counts = response_losses(logits, labels.to(device))
+            positions, targets = (t.to(device) for t in response_positions(labels))
+            # The LM head's input and output then hold only the response positions; the others had a
+            # zero output gradient, so its projected gradient sum is unchanged.
+            logits = logits_at(
+                lambda **kwargs: self.model(input_ids=ids.to(device), use_cache=False, **kwargs),
+                positions,
+                self.select_logits,
+            )
+            summed, counts = token_losses(logits, targets)
             # Examples do not interact, so the gradient of the sum w.r.t. each example's activations is
             # that example's own gradient. Only activation gradients are asked for: no weight gradient
             # is formed.

@@ -17,14 +17,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from airrep.target_lm import (
-    SFTExample,
-    collate,
-    response_losses,
-    response_positions,
-    selects_logits,
-    token_losses,
-)
+from airrep.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
 
 
 @dataclass(frozen=True)
@@ -34,8 +27,8 @@ class SFTSettings:
     batch_size: int = 16
     weight_decay: float = 0.0
     eval_batch_size: int = 32
-    # Project to the vocabulary only at response positions where the model takes ``logits_to_keep``.
-    # The losses are the same up to float rounding; off only to measure what it saves.
+    # Run the LM head only at response positions (``logits_to_keep``) where the model allows it,
+    # rather than everywhere and then gathering. Same losses up to rounding; off to measure the saving.
     response_logits_only: bool = True
 
 
@@ -61,25 +54,22 @@ class _Stacked:
         self.n_models = n_models
         self.selects_logits = select_logits and selects_logits(model)
 
-    def _logits(
-        self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor | None
-    ) -> torch.Tensor:
-        kwargs: dict[str, object] = {"use_cache": False}
-        if positions is not None:
-            kwargs["logits_to_keep"] = positions
-        return functional_call(self.model, (params, self.buffers), (ids,), kwargs).logits
+    def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        def forward(**kwargs: object) -> object:
+            return functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False, **kwargs})
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of every model: ids ``(models, examples, length)``, positions ``(models, examples, P)``."""
+        return logits_at(forward, positions, self.selects_logits)
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits of every model at ``positions``: ids ``(models, examples, length)``, positions
+        ``(models, examples, P)``."""
         if self.n_models == 1:
             one = {name: p[0] for name, p in self.params.items()}
-            return self._logits(one, ids[0], None if positions is None else positions[0]).unsqueeze(0)
-        return vmap(self._logits, in_dims=(0, 0, None if positions is None else 0))(self.params, ids, positions)
+            return self._logits(one, ids[0], positions[0]).unsqueeze(0)
+        return vmap(self._logits)(self.params, ids, positions)
 
     def response_losses(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed response loss and response-token count, ``(models, examples)`` each."""
-        if not self.selects_logits:
-            return response_losses(self(ids), labels)
         positions, targets = response_positions(labels)
         return token_losses(self(ids, positions), targets)
 

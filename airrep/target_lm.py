@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,21 @@ def response_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def selects_logits(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward takes ``logits_to_keep`` (most HF causal LMs of transformers 5 do)."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def logits_at(forward: Callable[..., Any], positions: torch.Tensor, select: bool) -> torch.Tensor:
+    """The logits at ``positions`` (``(..., P)``, from :func:`response_positions`).
+
+    Args:
+        forward: Runs the causal LM with extra keyword arguments and returns its output.
+        positions: Positions to keep, per row.
+        select: Pass ``positions`` as ``logits_to_keep``, so the LM head runs only there. Without it
+            (a model that lacks the argument, see :func:`selects_logits`) the full logits are
+            computed and then gathered; the result is the same.
+    """
+    if select:
+        return forward(logits_to_keep=positions).logits
+    return torch.take_along_dim(forward().logits, positions[..., None], dim=-2)
 
 
 def llama_config(spec: TargetLMSpec, vocab_size: int, pad_token_id: int = 0, eos_token_id: int = 1) -> Any:

@@ -14,6 +14,8 @@ backward pass does not depend on the weights. On every rung:
   once per checkpoint). Per-example gradients take 4 bytes per parameter per example, twice over
   (vmap's output and the flattened copy), so the examples per vmap call shrink with the model to fit
   ``--gradient_memory_gib`` (one at a time at 0.5B). The projector's one-off build is recorded apart.
+- Both run the LM head only at response positions (``logits_to_keep``), as ``eval_lds.py`` does;
+  ``--compare-lm-head`` also times them with it run at every position.
 
 The AirRep side is ``AirRepModel.encode`` with the bundled all-MiniLM-L6-v2 (6 layers) and with the
 architecture of gte-small (12 layers, the paper's encoder; random weights); its cost does not depend
@@ -112,6 +114,15 @@ def measure_rung(name: str, args: argparse.Namespace, lengths: list[int]) -> dic
     entry["grad-dot"] = {"seconds_per_example": seconds / n, "bytes_per_example": args.projection_dim * 4,
                          "kind": "measured", "examples_per_call": batch,
                          "projector_build_seconds": projector_seconds}  # fmt: skip
+    if args.compare_lm_head:  # the same work with the LM head run at every position, then gathered
+        everywhere = LoGra(model, rank, response_logits_only=False)
+        _, seconds = timed(
+            everywhere.features, examples, 0, args.gradient_batch_size, f"LoGra {name}, LM head everywhere"
+        )
+        entry["logra"]["seconds_per_example_lm_head_everywhere"] = seconds / n
+        _, seconds = timed(projected_gradients, model, params, examples, 0, projector, batch,
+                           f"grad-dot {name}, LM head everywhere", response_logits_only=False)  # fmt: skip
+        entry["grad-dot"]["seconds_per_example_lm_head_everywhere"] = seconds / n
     print(json.dumps(entry), flush=True)
     return entry
 
@@ -129,6 +140,9 @@ def main() -> None:
     parser.add_argument("--projection_dim", type=int, default=4096, help="grad-dot numbers stored per example")
     parser.add_argument("--gradient_memory_gib", type=float, default=6.0,
                         help="memory for per-example gradients; fewer examples per call beyond it")  # fmt: skip
+    parser.add_argument("--compare-lm-head", action="store_true",
+                        help="also time the gradient methods with the LM head at every position, not only at "
+                             "response positions (the default)")  # fmt: skip
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--plot", default=None, help="draw the cost curve (PNG) here")
     args = parser.parse_args()

@@ -53,13 +53,14 @@ def brute_gradients(model, examples):
     return stacked, flat
 
 
-def test_per_example_gradients_match_one_backward_per_example(tiny):
+@pytest.mark.parametrize("response_logits_only", [True, False], ids=["lm-head-at-responses", "lm-head-everywhere"])
+def test_per_example_gradients_match_one_backward_per_example(tiny, response_logits_only):
     model, examples = tiny
     params = {name: p.detach() for name, p in model.named_parameters()}
     _, expected = brute_gradients(model, examples)
-    got = per_example_gradients(model, params, examples, PAD)
+    got = per_example_gradients(model, params, examples, PAD, response_logits_only=response_logits_only)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
-    columns = per_example_gradients(model, params, examples, PAD, feature_major=True)
+    columns = per_example_gradients(model, params, examples, PAD, True, response_logits_only)
     assert columns.is_contiguous() and torch.equal(columns, got.T)
 
 
@@ -100,9 +101,10 @@ def test_tracin_features_turn_the_checkpoint_sum_into_one_dot_product():
     np.testing.assert_allclose(features[:2] @ features.T, expected, rtol=1e-5, atol=1e-8)  # float32 features
 
 
-def test_logra_equals_kronecker_projection_of_full_gradients_and_explicit_fisher(tiny):
+@pytest.mark.parametrize("response_logits_only", [True, False], ids=["lm-head-at-responses", "lm-head-everywhere"])
+def test_logra_equals_kronecker_projection_of_full_gradients_and_explicit_fisher(tiny, response_logits_only):
     model, examples = tiny
-    logra = LoGra(model, rank=3, seed=5, damping=0.1)
+    logra = LoGra(model, rank=3, seed=5, damping=0.1, response_logits_only=response_logits_only)
     got = logra.features(examples, PAD, batch_size=4)
     assert got.shape == (len(examples), logra.dim) and len(logra.layers) == 2 * 7 + 1  # 7 per layer + LM head
     per_name, _ = brute_gradients(model, examples)
