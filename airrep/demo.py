@@ -14,14 +14,17 @@ two test queries, and the ``hf upload`` / ``from_pretrained`` lines for what it 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import load_dataset
 from transformers import AutoModel, HfArgumentParser
+
+from airrep.outputs import differing_keys
 
 logger = logging.getLogger("airrep.demo")
 
@@ -36,6 +39,20 @@ class DemoArguments:
 def _shorten(text: str, width: int = 70) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _check_training_preset(folders: dict[str, Path], preset: str) -> None:
+    """Refuse to reuse a checkpoint trained with other preset settings (from an older version, say)."""
+    from airrep.presets import TRAIN_PRESETS
+
+    record = json.loads((folders["model"] / "airrep_training.json").read_text())
+    differences = differing_keys(record.get("preset", {}), asdict(TRAIN_PRESETS[preset]))
+    if differences:
+        raise ValueError(
+            f"{folders['model']} holds an AirRep trained with other settings than the {preset!r} preset's "
+            f"(they differ in {differences}); remove it and {folders['report']} to train and score it "
+            "again, or choose another --output_dir"
+        )
 
 
 def run_stages(args: DemoArguments) -> dict[str, Path]:
@@ -55,6 +72,7 @@ def run_stages(args: DemoArguments) -> dict[str, Path]:
         timings[f"labels ({mode})"] = time.perf_counter() - tic
     tic = time.perf_counter()
     if (folders["model"] / "airrep_training.json").exists():
+        _check_training_preset(folders, args.preset)
         logger.info("Reusing the trained AirRep in %s", folders["model"])
     else:
         train_airrep.main(["--preset", args.preset, "--labels", str(folders["labels-train"]),

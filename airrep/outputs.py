@@ -53,6 +53,12 @@ def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 120) -> None:
     os.replace(tmp, path)
 
 
+def differing_keys(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two settings records, compared as their JSON forms."""
+    previous, current = json.loads(json.dumps(previous)), json.loads(json.dumps(current))
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
 def claim(folder: str | os.PathLike, file_name: str, settings: dict[str, Any], hint: str) -> None:
     """Record ``settings`` in ``folder/file_name``, or refuse if the folder was started with others.
 
@@ -65,9 +71,7 @@ def claim(folder: str | os.PathLike, file_name: str, settings: dict[str, Any], h
     folder = Path(folder)
     file = folder / file_name
     if file.exists():
-        previous = json.loads(file.read_text())
-        current = json.loads(json.dumps(settings))
-        differences = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        differences = differing_keys(json.loads(file.read_text()), settings)
         if differences:
             raise ValueError(f"{folder} was made with other settings (they differ in {differences}); {hint}")
         return

@@ -1,5 +1,9 @@
 """The main job, end to end at the smoke preset: every stage runs, the report prints, a rerun reuses."""
 
+import json
+
+import pytest
+
 from airrep.demo import main
 
 
@@ -23,3 +27,12 @@ def test_demo_runs_the_whole_pipeline_and_reuses_it(tmp_path, capsys):
     assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == mtime
     assert (tmp_path / "report" / "scores" / "airrep.sum.npy").stat().st_mtime_ns == scores
     assert "| airrep |" in capsys.readouterr().out
+
+    # A checkpoint trained with other preset settings (an older version's, say) is not reused silently.
+    record_file = tmp_path / "model" / "airrep_training.json"
+    record = json.loads(record_file.read_text())
+    record["preset"]["subsets_per_step"] += 1
+    record_file.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"trained with other settings .*\['subsets_per_step'\]\); remove it and"):
+        main(["--output_dir", str(tmp_path), "--preset", "smoke"])
+    assert (tmp_path / "model" / "model.safetensors").stat().st_mtime_ns == mtime
