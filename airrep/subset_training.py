@@ -3,7 +3,8 @@
 Several subset models train at once: their parameters are stacked along a new leading dimension and
 the forward pass is vectorised with ``torch.func.vmap``. AdamW is elementwise, so one optimizer over
 the stacked parameters is exactly one AdamW per model. With one model per batch the plain forward is
-used, which works for any HF causal LM.
+used, which works for any HF causal LM. Either way the LM head runs only at the positions whose next
+token is a response token (``target_lm.response_positions``), the only logits the loss reads.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ class _Stacked:
             for name, p in model.named_parameters()
         }
         self.n_models = n_models
-        self.selects_logits = select_logits and selects_logits(model)
+        self.select_logits = select_logits and selects_logits(model)
 
     def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         def forward(**kwargs: object) -> object:
             return functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False, **kwargs})
 
-        return logits_at(forward, positions, self.selects_logits)
+        return logits_at(forward, positions, self.select_logits)
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Logits of every model at ``positions``: ids ``(models, examples, length)``, positions
