@@ -31,6 +31,8 @@ class SFTSettings:
     # Run the LM head only at response positions (``logits_to_keep``) where the model allows it,
     # rather than everywhere and then gathering. Same losses up to rounding; off to measure the saving.
     response_logits_only: bool = True
+    # Forward passes under bf16 autocast; weights, AdamW states and the recorded losses stay fp32.
+    bf16: bool = False
 
 
 def _stack(
@@ -45,7 +47,7 @@ def _stack(
 class _Stacked:
     """Copies of one model's parameters stacked along a leading dimension, run with ``vmap``."""
 
-    def __init__(self, model: torch.nn.Module, n_models: int, select_logits: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, n_models: int, select_logits: bool = True, bf16: bool = False) -> None:
         self.model = model
         self.buffers = dict(model.named_buffers())
         self.params = {
@@ -54,6 +56,7 @@ class _Stacked:
         }
         self.n_models = n_models
         self.select_logits = select_logits and selects_logits(model)
+        self.bf16 = bf16
 
     def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         def forward(**kwargs: object) -> object:
@@ -72,7 +75,9 @@ class _Stacked:
     def response_losses(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed response loss and response-token count, ``(models, examples)`` each."""
         positions, targets = response_positions(labels)
-        return token_losses(self(ids, positions), targets)
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self(ids, positions)
+        return token_losses(logits.float(), targets)
 
 
 EpochCallback = Callable[[int, dict[str, torch.Tensor], float], None]
@@ -173,7 +178,7 @@ def train_and_score(
     was_training = model.training
     model.eval()  # no dropout: runs are reproducible and vmap needs no randomness
     try:
-        stacked = _Stacked(model, n_models, settings.response_logits_only)
+        stacked = _Stacked(model, n_models, settings.response_logits_only, settings.bf16)
         _finetune(stacked, pool, subsets, seeds, settings, pad_id)
         return _losses(stacked, queries, query_sets, settings, pad_id)
     finally:
@@ -203,7 +208,7 @@ def finetune(
     model.eval()
     try:
         _finetune(
-            _Stacked(model, 1, settings.response_logits_only),
+            _Stacked(model, 1, settings.response_logits_only, settings.bf16),
             pool,
             [np.asarray(subset)],
             [seed],

@@ -4,10 +4,11 @@ The target LM is the built-in architecture of the chosen preset (random weights:
 depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real.
 Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
 and scores them on the same queries. Variants differ in how many models train at once and in where the
-LM head runs: at every position, or only at response positions (``logits_to_keep``, the default).
+LM head runs: at every position, or only at response positions (``logits_to_keep``, the default);
+``--bf16`` adds the response-position variants under bf16 autocast (``generate_labels.py --bf16``).
 The first variant (one at a time, logits at every position) is the comparison for all the others.
 
-    python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4
+    python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 --bf16
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8, help="subset models per variant")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8], help="models trained at once")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants; figures are medians")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (response positions)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -62,39 +64,41 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")  # fmt: skip
 
     train_and_score(model, pool, queries, subsets[:1], query_sets[:1], [0], settings, tokenizer.pad_token_id)  # warm-up
-    variants = [("all", together) for together in args.batches]
-    variants += [("response", together) for together in args.batches]
-    seconds: dict[tuple[str, int], list[float]] = {variant: [] for variant in variants}
-    losses: dict[tuple[str, int], np.ndarray] = {}
+    variants = [("all", together, False) for together in args.batches]
+    variants += [("response", together, False) for together in args.batches]
+    variants += [("response", together, True) for together in args.batches if args.bf16]
+    seconds: dict[tuple[str, int, bool], list[float]] = {variant: [] for variant in variants}
+    losses: dict[tuple[str, int, bool], np.ndarray] = {}
     # Rounds run every variant once, in turn, so that a slow spell of a shared machine hits all of
     # them alike; each figure is the median over rounds.
     for _ in range(args.repeats):
-        for logits, together in variants:
-            settings = dataclasses.replace(settings, response_logits_only=logits == "response")
+        for logits, together, bf16 in variants:
+            settings = dataclasses.replace(settings, response_logits_only=logits == "response", bf16=bf16)
             start = time.perf_counter()
-            losses[logits, together] = np.concatenate(
+            losses[logits, together, bf16] = np.concatenate(
                 [
                     train_and_score(model, pool, queries, subsets[i : i + together], query_sets[i : i + together],
                                     list(range(i, min(i + together, args.models))), settings, tokenizer.pad_token_id)
                     for i in range(0, args.models, together)
                 ]
             )  # fmt: skip
-            seconds[logits, together].append(time.perf_counter() - start)
+            seconds[logits, together, bf16].append(time.perf_counter() - start)
     reference = losses[variants[0]]
     figures: dict[str, dict[str, float]] = {}
-    for logits, together in variants:
-        median = float(np.median(seconds[logits, together]))
-        figures[f"{together} at once, logits at {logits} positions"] = {
+    for logits, together, bf16 in variants:
+        median = float(np.median(seconds[logits, together, bf16]))
+        name = f"{together} at once, logits at {logits} positions" + (", bf16 autocast" if bf16 else "")
+        figures[name] = {
             "seconds_per_model": median / args.models,
             "models_per_hour": 3600 * args.models / median,
-            "max_abs_loss_difference_vs_first": float(np.abs(losses[logits, together] - reference).max()),
+            "max_abs_loss_difference_vs_first": float(np.abs(losses[logits, together, bf16] - reference).max()),
         }
     base_name = next(iter(figures))
     base = figures[base_name]["models_per_hour"]
     for name, row in figures.items():
         row["speedup"] = row["models_per_hour"] / base
         print(
-            f"  {name:<42} {row['seconds_per_model']:6.2f} s/model, "
+            f"  {name:<57} {row['seconds_per_model']:6.2f} s/model, "
             f"{row['models_per_hour']:7.0f} models/h, "
             f"{row['speedup']:.2f}x vs {base_name} "
             f"(losses differ by {row['max_abs_loss_difference_vs_first']:.1e})"

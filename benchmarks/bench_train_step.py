@@ -24,7 +24,11 @@ VARIANTS = {
     "no GradCache + union": {"mini_batch_size": None, "union": True},
     "no GradCache, no union": {"mini_batch_size": None, "union": False},
     "GradCache + union, layers 0-4 frozen and cached": {"mini_batch_size": 32, "union": True, "frozen_layers": 5},
-}
+    "GradCache + union, bf16 autocast": {"mini_batch_size": 32, "union": True, "bf16": True},
+    "GradCache + union, layers 0-4 frozen and cached, bf16 autocast": {
+        "mini_batch_size": 32, "union": True, "frozen_layers": 5, "bf16": True,
+    },
+}  # fmt: skip
 
 
 def rss_mib() -> float:
@@ -33,10 +37,17 @@ def rss_mib() -> float:
 
 
 def one_variant(
-    labels: str, queries: int, subsets: int, mini_batch_size: int | None, union: bool, frozen_layers: int = 0
+    labels: str,
+    queries: int,
+    subsets: int,
+    mini_batch_size: int | None,
+    union: bool,
+    frozen_layers: int = 0,
+    bf16: bool = False,
 ) -> dict:
     import tempfile
 
+    from accelerate import Accelerator
     from sentence_transformers import SentenceTransformer
 
     from airrep.ranking_loss import AirRepRankingLoss
@@ -53,6 +64,10 @@ def one_variant(
         tic = time.perf_counter()
         cache = freeze_lower_layers(model, data, frozen_layers)  # once per training run, not per step
         cache_seconds = time.perf_counter() - tic
+    if bf16:
+        # What the trainer does with ``--bf16``: accelerate runs the forward under CPU autocast and
+        # returns fp32 outputs; the weights and the loss stay fp32.
+        model = Accelerator(cpu=True, mixed_precision="bf16").prepare_model(model)
     model.train()
     batch = AirRepDataCollator(model.preprocess, data, union=union, cache=cache)([row])
     features = {k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")}

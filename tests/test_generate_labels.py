@@ -17,7 +17,7 @@ from datasets import Dataset, load_dataset
 
 from airrep.corpus import generate_split_records
 from airrep.hub import install_in_offline_cache
-from airrep.subset_training import SFTSettings, train_and_score
+from airrep.subset_training import SFTSettings, finetune, train_and_score
 from airrep.target_lm import (
     response_losses,
     response_positions,
@@ -107,6 +107,9 @@ def test_rerun_of_a_complete_folder_does_nothing(work):
 def test_other_settings_are_refused(work):
     with pytest.raises(ValueError, match=r"was made with other settings \(they differ in \['preset'\]\)"):
         run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds", learning_rate=0.5))
+    # Precision is a setting too: fp32 labels and bf16 ones are not mixed in one folder.
+    with pytest.raises(ValueError, match=r"they differ in \['bf16'\]"):
+        run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds", bf16=True))
 
 
 def test_diverged_runs_are_flagged_and_excluded(work):
@@ -168,7 +171,9 @@ def test_two_process_torchrun_equals_one_process(work):
     )
 
 
-def test_batched_training_equals_one_model_at_a_time():
+@pytest.fixture(scope="module")
+def tiny_target():
+    """A 1-layer Llama with a BPE tokenizer trained on the built-in corpus, its pool and queries."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     records = generate_split_records({"train": 120, "test": 12}, seed=0)
@@ -181,6 +186,11 @@ def test_batched_training_equals_one_model_at_a_time():
     model.set_attn_implementation("eager")
     pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
     queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
+    return model, tokenizer, pool, queries
+
+
+def test_batched_training_equals_one_model_at_a_time(tiny_target):
+    model, tokenizer, pool, queries = tiny_target
     rng = np.random.default_rng(0)
     subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(3)]
     query_sets = [np.arange(12), np.arange(12)[::-1], np.arange(12)]
@@ -201,6 +211,27 @@ def test_batched_training_equals_one_model_at_a_time():
     assert not np.allclose(together[0], together[2])  # different subsets, different models
     for name, tensor in model.state_dict().items():  # the target LM itself is left untouched
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_bf16_autocast_differs_from_fp32_by_rounding_only(tiny_target):
+    model, tokenizer, pool, queries = tiny_target
+    rng = np.random.default_rng(1)
+    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(2)]
+    query_sets = [np.arange(12)] * 2
+    settings = SFTSettings(batch_size=8, learning_rate=3e-3)
+    fp32 = train_and_score(model, pool, queries, subsets, query_sets, [1, 2], settings, tokenizer.pad_token_id)
+    bf16_settings = dataclasses.replace(settings, bf16=True)
+    bf16 = train_and_score(model, pool, queries, subsets, query_sets, [1, 2], bf16_settings, tokenizer.pad_token_id)
+    assert bf16.dtype == np.float64 and np.isfinite(bf16).all()
+    assert not np.array_equal(bf16, fp32)  # autocast really ran
+    # bf16 keeps 8 bits of mantissa: losses of a few nats agree to a few hundredths, and the models'
+    # ranking of the queries is the same up to near-ties.
+    np.testing.assert_allclose(bf16, fp32, atol=0.1)
+    for row_bf16, row_fp32 in zip(bf16, fp32, strict=True):
+        assert np.corrcoef(row_bf16, row_fp32)[0, 1] > 0.99
+    # The models keep fp32 weights, as the optimizer needs.
+    checkpoints = finetune(model, pool, subsets[0], 1, bf16_settings, tokenizer.pad_token_id)
+    assert all(p.dtype == torch.float32 for p in checkpoints[-1][0].values())
 
 
 def test_response_positions_reproduce_the_full_response_loss():
