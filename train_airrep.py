@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,13 @@ class AirRepTrainer(SentenceTransformerTrainer):
             return super().collect_features(inputs)
         prefix = "sentence_0_"
         return [{k[len(prefix) :]: v for k, v in inputs.items() if k.startswith(prefix)}], inputs.get("label")
+
+
+def bf16_available() -> bool:
+    """Whether bf16 autocast has fast kernels here: on the GPU if there is one, else oneDNN's on the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return not torch.accelerator.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def preset_training_arguments(preset, explicit: set[str]) -> dict:
@@ -137,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
                                                "validation_splits", "mini_batch_size", "frozen_layers")}  # fmt: skip
     preset = resolve(TRAIN_PRESETS[args.preset], overrides)
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    if preset.bf16 and "bf16" not in explicit and bf16_available():
+        # transformers fixes mixed precision when it builds the arguments, so parse them again with the
+        # flag (and --use_cpu, which it requires for bf16 without an accelerator).
+        extra = ["--bf16"] + ([] if torch.accelerator.is_available() or "use_cpu" in explicit else ["--use_cpu"])
+        args, training_args = parser.parse_args_into_dataclasses(args=[*argv, *extra])
+    preset = replace(preset, bf16=training_args.bf16)  # what the run used, for the record
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
     if "save_steps" not in explicit:  # checkpoint where we evaluate, whichever way eval_steps was set

@@ -193,6 +193,30 @@ def test_training_over_frozen_layers_changes_only_the_layers_above(labels, saved
     assert record["preset"]["frozen_layers"] == 5
 
 
+def test_a_bf16_preset_trains_under_autocast_unless_told_otherwise(labels, saved_folder, monkeypatch):
+    import dataclasses
+
+    from airrep.presets import TRAIN_PRESETS
+
+    monkeypatch.setitem(TRAIN_PRESETS, "smoke", dataclasses.replace(TRAIN_PRESETS["smoke"], bf16=True))
+    flags = ["--preset", "smoke", "--labels", str(labels), "--frozen_layers", "5", "--train_steps", "2"]
+    main([*flags, "--output_dir", str(labels.parent / "model-bf16")])
+    main([*flags, "--output_dir", str(labels.parent / "model-fp32"), "--bf16", "False"])  # the flag wins
+    runs = {}
+    for name in ("bf16", "fp32"):
+        folder = labels.parent / f"model-{name}"
+        assert json.loads((folder / "airrep_training.json").read_text())["preset"]["bf16"] == (name == "bf16")
+        runs[name] = AirRepModel.from_pretrained(folder).state_dict()
+    assert all(p.dtype == torch.float32 for p in runs["bf16"].values())  # autocast keeps fp32 weights
+    before = AirRepModel.from_pretrained(saved_folder).state_dict()
+    top = [name for name in before if name.startswith("bert.encoder.layer.5.")]
+    updates = {name: torch.cat([(run[n] - before[n]).flatten() for n in top]) for name, run in runs.items()}
+    assert not torch.equal(updates["bf16"], updates["fp32"])  # autocast really ran
+    # The same two steps, apart by bf16 rounding only.
+    cosine = torch.nn.functional.cosine_similarity(updates["bf16"], updates["fp32"], dim=0)
+    assert cosine > 0.99
+
+
 def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, capsys):
     from airrep.compare_validation import UNTRAINED, compare, held_out_splits
     from airrep.compare_validation import main as compare_main
