@@ -19,12 +19,14 @@ losses. Methods:
 
 The report folder gets ``results.json``, ``results.md``, ``lds.png`` and ``scores/NAME.POOLING.npy``.
 Each method's result is written as soon as it finishes, so a method that fails, or a run that is
-killed, loses nothing that was finished; a re-run with the same settings skips finished methods.
+killed, loses nothing that was finished; a re-run with the same settings skips finished methods,
+except an AirRep checkpoint whose weight files changed since it was scored (``weights_sha256``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import sys
@@ -226,6 +228,27 @@ def check_checkpoint(name_or_path: str) -> None:
             f"{name_or_path!r} is not an AirRep checkpoint: its config.json has model_type "
             f"{config.get('model_type')!r}, not {AirRepConfig.model_type!r}"
         )
+
+
+def weights_sha256(name_or_path: str) -> str:
+    """SHA-256 over a checkpoint's weight files (a folder, or a Hub id read through the cache).
+
+    A rerun compares it with the one stored beside the checkpoint's scores, so a checkpoint trained
+    again in the same folder is scored again rather than reported with its predecessor's LDS.
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        folder = Path(cached_file(name_or_path, "model.safetensors")).parent
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
+    if not files:
+        raise ValueError(f"{name_or_path!r} holds no weight files (*.safetensors or *.bin)")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def method_names(models: list[str]) -> dict[str, str]:
@@ -599,11 +622,16 @@ def run(args: EvalArguments) -> dict[str, Any]:
 
     errors: dict[str, str] = {}
     state: GradientState | None = None
+    weights = {name: weights_sha256(path) for name, path in airrep_names.items() if name in runners}
     for name, runner in runners.items():
         file = folder / "methods" / f"{name}.json"
         if file.exists() and not args.overwrite:
-            logger.info("%s: already in %s, skipped", name, folder)
-            continue
+            scored = json.loads(file.read_text())["details"].get("weights_sha256")
+            if name not in weights or scored == weights[name]:
+                logger.info("%s: already in %s, skipped", name, folder)
+                continue
+            logger.warning("%s: %s has other weights than when it was scored; scoring it again", name,
+                           airrep_names[name])  # fmt: skip
         logger.info("%s: featurizing %d pool examples and %d queries", name, len(data.pool_texts),
                     len(data.query_texts))  # fmt: skip
         try:
@@ -613,6 +641,8 @@ def run(args: EvalArguments) -> dict[str, Any]:
             else:
                 features = runner(data, preset, args)
             entry = score_method(name, features, data, preset, args.poolings, folder)
+            if name in weights:
+                entry["details"]["weights_sha256"] = weights[name]
         except Exception as error:
             logger.error("%s failed:\n%s", name, traceback.format_exc())
             errors[name] = f"{type(error).__name__}: {error}"

@@ -12,7 +12,17 @@ import pytest
 
 from airrep.eval_report import recompute_lds
 from airrep.training_data import LabelsFormatError
-from eval_lds import METHODS, EvalArguments, Featurized, base_normalises, classify, load_eval_data, main, run
+from eval_lds import (
+    METHODS,
+    EvalArguments,
+    Featurized,
+    base_normalises,
+    classify,
+    load_eval_data,
+    main,
+    run,
+    weights_sha256,
+)
 
 
 def test_every_method_and_pooling_is_reported(report):
@@ -62,6 +72,33 @@ def test_a_rerun_skips_finished_methods_and_other_settings_are_refused(report, l
     with pytest.raises(ValueError, match="other settings"):
         run(EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(folder), model=[str(saved_folder)],
                           projection_dim=[32]))  # fmt: skip
+
+
+def test_a_checkpoint_trained_again_in_place_is_scored_again(labels, saved_folder, tmp_path, caplog):
+    import shutil
+
+    import torch
+
+    from modeling_airrep import AirRepModel
+
+    checkpoint = tmp_path / "model"
+    shutil.copytree(saved_folder, checkpoint)
+    args = EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(tmp_path / "report"),
+                         model=[str(checkpoint)], methods=["airrep", "tfidf"])  # fmt: skip
+    first = run(args)
+    tfidf_scores = tmp_path / "report" / "scores" / "tfidf.sum.npy"
+    tfidf_time = tfidf_scores.stat().st_mtime_ns
+    model = AirRepModel.from_pretrained(checkpoint)
+    with torch.no_grad():  # as if training had moved the projector
+        model.projector.weight.mul_(-1.0).add_(0.05 * torch.randn_like(model.projector.weight))
+    model.save_pretrained(checkpoint)
+    with caplog.at_level("WARNING"):
+        second = run(args)
+    assert "other weights than when it was scored; scoring it again" in caplog.text
+    assert second["methods"]["airrep"] != first["methods"]["airrep"]
+    assert tfidf_scores.stat().st_mtime_ns == tfidf_time  # what does not depend on the checkpoint is kept
+    details = json.loads((tmp_path / "report" / "methods" / "airrep.json").read_text())["details"]
+    assert details["weights_sha256"] == weights_sha256(str(checkpoint)) != weights_sha256(str(saved_folder))
 
 
 def test_a_failing_method_keeps_the_others(labels, tmp_path):
