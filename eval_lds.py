@@ -26,7 +26,6 @@ except an AirRep checkpoint whose weight files changed since it was scored (``we
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import sys
@@ -54,6 +53,7 @@ from airrep.gradient_methods import (
     tracin_features,
     unit_rows,
 )
+from airrep.hub import digest_files
 from airrep.lds import ceiling_from_twins, lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, resolve
@@ -242,13 +242,7 @@ def weights_sha256(name_or_path: str) -> str:
     files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
     if not files:
         raise ValueError(f"{name_or_path!r} holds no weight files (*.safetensors or *.bin)")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return digest_files(folder, files)
 
 
 def method_names(models: list[str]) -> dict[str, str]:

@@ -335,7 +335,7 @@ the mean token cross-entropy over the response tokens of `queries[queries[i]]` a
   `{summary["corpus"].get("fingerprint")}`; pool {summary["pool"]} examples, {summary["queries"]} queries.
 - Target LM: `{summary["target_lm"]}`, {summary["target_lm_parameters"]:,} parameters.
 - SFT: AdamW, learning rate {s["learning_rate"]} with linear decay, batch {s["batch_size"]}, {s["epochs"]} epoch(s),
-  weight decay {s["weight_decay"]}, response-only loss, {summary.get("precision", "fp32")}; plan seed {s["seed"]},
+  weight decay {s["weight_decay"]}, response-only loss, {summary["precision"]}; plan seed {s["seed"]},
   corpus seed {s["corpus_seed"]}.
 - Subset models: {summary["labels"]} in `labels`; {summary["diverged"]} diverged (non-finite loss), kept
   apart in config `diverged` and excluded from `labels`.

@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 
+def digest_files(folder: Path, files: list[Path], algorithm: str = "sha256") -> str:
+    """Hex digest of ``files`` (paths inside ``folder``): each one's relative path, then its bytes."""
+    digest = hashlib.new(algorithm)
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
 def install_in_offline_cache(
     folder: str | os.PathLike, repo_id: str, cache_dir: str | os.PathLike, repo_type: str = "model"
 ) -> Path:
@@ -32,11 +43,7 @@ def install_in_offline_cache(
     if repo_id.count("/") != 1:
         raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts)
-    digest = hashlib.sha1()
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    commit = digest.hexdigest()
+    commit = digest_files(folder, files, "sha1")  # a 40-hex commit id, as the Hub's
     repo_root = Path(cache_dir) / f"{repo_type}s--{repo_id.replace('/', '--')}"
     snapshot = repo_root / "snapshots" / commit
     if not snapshot.exists():
