@@ -5,6 +5,11 @@ the forward pass is vectorised with ``torch.func.vmap``. AdamW is elementwise, s
 the stacked parameters is exactly one AdamW per model. With one model per batch the plain forward is
 used, which works for any HF causal LM. Either way the LM head runs only at the positions whose next
 token is a response token (``target_lm.response_positions``), the only logits the loss reads.
+
+A training batch is packed: its examples share rows of ``SFTSettings.pack_length`` tokens, each kept
+to itself by position ids and a block-causal mask (``target_lm.collate_packed``). Examples average a
+fifth of the longest one, so padding each to the longest of the step would spend most of the step
+on padding, the more so the more models are stacked.
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from airrep.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
+from airrep.target_lm import (
+    SFTExample,
+    collate,
+    collate_packed,
+    logits_at,
+    pack,
+    packed_attention_mask,
+    packs,
+    response_positions,
+    selects_logits,
+    token_losses,
+)
 
 
 @dataclass(frozen=True)
@@ -33,15 +49,39 @@ class SFTSettings:
     response_logits_only: bool = True
     # Forward passes under bf16 autocast; weights, AdamW states and the recorded losses stay fp32.
     bf16: bool = False
+    # Training rows hold several examples, up to this many tokens (at least the step's longest
+    # example); 0 gives every example a row of its own. Same losses up to rounding. 64 was the fastest
+    # of 0, 64 and 96 with the demo target LM (benchmarks/README.md): longer rows cost more attention.
+    pack_length: int = 64
 
 
-def _stack(
-    rows: Sequence[Sequence[SFTExample]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(models, examples, length) ids and labels, padded to the longest example of all models."""
+Inputs = dict[str, torch.Tensor]
+
+
+def _stack(rows: Sequence[Sequence[SFTExample]], pad_id: int, device: torch.device) -> tuple[Inputs, torch.Tensor]:
+    """Model inputs and labels, ``(models, examples, length)``, each example padded to the longest of all."""
     length = max(len(e.input_ids) for row in rows for e in row)
     pairs = [collate(row, pad_id, length) for row in rows]
-    return torch.stack([p[0] for p in pairs]).to(device), torch.stack([p[1] for p in pairs]).to(device)
+    ids, labels = (torch.stack([p[i] for p in pairs]).to(device) for i in (0, 1))
+    return {"input_ids": ids}, labels
+
+
+def _stack_packed(
+    rows: Sequence[Sequence[SFTExample]], pad_id: int, device: torch.device, pack_length: int, config: object
+) -> tuple[Inputs, torch.Tensor]:
+    """Model inputs and labels, ``(models, rows, length)``: each model's examples packed into rows.
+
+    Every model gets as many rows as the model that needs the most, so that ``vmap`` sees one shape.
+    """
+    length = max(pack_length, *(len(e.input_ids) for row in rows for e in row))
+    packed = [pack(row, length) for row in rows]
+    n_rows = max(len(p) for p in packed)
+    length = max(sum(len(e.input_ids) for e in r) for p in packed for r in p)  # no longer than needed
+    triples = [collate_packed(p, pad_id, length, n_rows) for p in packed]
+    ids, labels, position_ids = (torch.stack([t[i] for t in triples]).to(device) for i in (0, 1, 2))
+    mask = packed_attention_mask(config, position_ids.flatten(0, 1))
+    inputs = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask.unflatten(0, ids.shape[:2])}
+    return inputs, labels
 
 
 class _Stacked:
@@ -58,25 +98,25 @@ class _Stacked:
         self.select_logits = select_logits and selects_logits(model)
         self.bf16 = bf16
 
-    def _logits(self, params: dict[str, torch.Tensor], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _logits(self, params: dict[str, torch.Tensor], inputs: Inputs, positions: torch.Tensor) -> torch.Tensor:
         def forward(**kwargs: object) -> object:
-            return functional_call(self.model, (params, self.buffers), (ids,), {"use_cache": False, **kwargs})
+            return functional_call(self.model, (params, self.buffers), (), {"use_cache": False, **inputs, **kwargs})
 
         return logits_at(forward, positions, self.select_logits)
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits of every model at ``positions``: ids ``(models, examples, length)``, positions
-        ``(models, examples, P)``."""
+    def __call__(self, inputs: Inputs, positions: torch.Tensor) -> torch.Tensor:
+        """Logits of every model at ``positions``: inputs ``(models, rows, length)`` (the mask
+        ``(models, rows, 1, length, length)``), positions ``(models, rows, P)``."""
         if self.n_models == 1:
             one = {name: p[0] for name, p in self.params.items()}
-            return self._logits(one, ids[0], positions[0]).unsqueeze(0)
-        return vmap(self._logits)(self.params, ids, positions)
+            return self._logits(one, {k: v[0] for k, v in inputs.items()}, positions[0]).unsqueeze(0)
+        return vmap(self._logits)(self.params, inputs, positions)
 
-    def response_losses(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response loss and response-token count, ``(models, examples)`` each."""
+    def response_losses(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response loss and response-token count, ``(models, rows)`` each."""
         positions, targets = response_positions(labels)
-        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self(ids, positions)
+        with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self(inputs, positions)
         return token_losses(logits.float(), targets)
 
 
@@ -101,6 +141,7 @@ def _finetune(
     steps_per_epoch = math.ceil(subset_size / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     rngs = [random.Random(seed) for seed in seeds]
+    packed = settings.pack_length > 0 and packs(stacked.model)
     orders: list[list[int]] = [[] for _ in range(n_models)]
     step = 0
     for epoch in range(settings.epochs):
@@ -110,7 +151,11 @@ def _finetune(
         rates = []
         for begin in range(0, subset_size, settings.batch_size):
             rows = [[pool[i] for i in orders[m][begin : begin + settings.batch_size]] for m in range(n_models)]
-            summed, counts = stacked.response_losses(*_stack(rows, pad_id, device))
+            if packed:
+                batch = _stack_packed(rows, pad_id, device, settings.pack_length, stacked.model.config)
+            else:
+                batch = _stack(rows, pad_id, device)
+            summed, counts = stacked.response_losses(*batch)
             per_model = summed.sum(-1) / counts.sum(-1).clamp(min=1)
             per_model.sum().backward()
             rate = settings.learning_rate * (1 - step / total_steps)
@@ -137,8 +182,8 @@ def _losses(
     with torch.no_grad():
         for begin in range(0, n_queries, settings.eval_batch_size):
             rows = [[queries[int(i)] for i in qs[begin : begin + settings.eval_batch_size]] for qs in query_sets]
-            ids, labels = _stack(rows, pad_id, device)
-            summed, counts = stacked.response_losses(ids, labels)
+            # Padded, not packed: each row's sums are one query's.
+            summed, counts = stacked.response_losses(*_stack(rows, pad_id, device))
             per_query = summed / counts.clamp(min=1)
             per_query[counts == 0] = float("nan")
             losses[:, begin : begin + per_query.shape[1]] = per_query.double().cpu().numpy()

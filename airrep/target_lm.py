@@ -132,6 +132,73 @@ def collate(
     return ids, labels
 
 
+def pack(examples: Sequence[SFTExample], capacity: int) -> list[list[SFTExample]]:
+    """Place ``examples`` into as few rows of ``capacity`` tokens as first-fit decreasing finds.
+
+    An example longer than ``capacity`` gets a row of its own. Which row an example lands in does not
+    change a packed batch's loss (see :func:`collate_packed`), only how much of it is padding.
+    """
+    rows: list[list[SFTExample]] = []
+    free: list[int] = []
+    for example in sorted(examples, key=lambda e: -len(e.input_ids)):
+        size = len(example.input_ids)
+        row = next((r for r, room in enumerate(free) if room >= size), None)
+        if row is None:
+            rows.append([])
+            free.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(example)
+        free[row] -= size
+    return rows
+
+
+def collate_packed(
+    rows: Sequence[Sequence[SFTExample]], pad_id: int, length: int | None = None, n_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate each row's examples and right-pad to ``length``. Returns ``(input_ids, labels, position_ids)``.
+
+    Position ids restart at 0 with every example, and the padding after a row's last example starts a
+    sequence of its own; rows added to reach ``n_rows`` are all padding. transformers reads these
+    position ids as packed sequences (``masking_utils.find_packed_sequence_indices``), and
+    :func:`packed_attention_mask` turns them into a mask that keeps every example to itself, so each
+    example's logits equal those of :func:`collate`'s padded row, up to rounding.
+    """
+    length = length or max(sum(len(e.input_ids) for e in row) for row in rows)
+    n_rows = n_rows or len(rows)
+    ids = torch.full((n_rows, length), pad_id, dtype=torch.long)
+    labels = torch.full((n_rows, length), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.empty((n_rows, length), dtype=torch.long)
+    for r in range(n_rows):
+        start = 0
+        for example in rows[r] if r < len(rows) else ():
+            end = start + len(example.input_ids)
+            ids[r, start:end] = torch.tensor(example.input_ids)
+            labels[r, start:end] = torch.tensor(example.labels)
+            position_ids[r, start:end] = torch.arange(end - start)
+            start = end
+        position_ids[r, start:] = torch.arange(length - start)
+    return ids, labels, position_ids
+
+
+def packs(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward takes the position ids and attention mask that packed rows need."""
+    parameters = inspect.signature(model.forward).parameters
+    return "position_ids" in parameters and "attention_mask" in parameters
+
+
+def packed_attention_mask(config: Any, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> Any:
+    """The causal mask, in the form ``config``'s attention implementation takes, that keeps each packed
+    sequence of ``position_ids`` (``(batch, length)``) to itself. Built by transformers'
+    ``create_causal_mask``, outside the model, so that a vmapped forward can take it as an input."""
+    from transformers.masking_utils import create_causal_mask
+
+    shape_only = torch.empty((*position_ids.shape, 0), dtype=dtype, device=position_ids.device)
+    return create_causal_mask(
+        config, shape_only, attention_mask=None, past_key_values=None, position_ids=position_ids,
+        allow_is_causal_skip=False,
+    )  # fmt: skip
+
+
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed cross-entropy of ``logits`` (..., positions, vocab) against ``targets`` (..., positions),
     skipping IGNORE_INDEX targets, and the count of targets that are not skipped."""

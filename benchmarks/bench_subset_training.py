@@ -3,12 +3,14 @@
 The target LM is the built-in architecture of the chosen preset (random weights: speed does not
 depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real.
 Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
-and scores them on the same queries. Variants differ in how many models train at once and in where the
-LM head runs: at every position, or only at response positions (``logits_to_keep``, the default);
-``--bf16`` adds the response-position variants under bf16 autocast (``generate_labels.py --bf16``).
-The first variant (one at a time, logits at every position) is the comparison for all the others.
+and scores them on the same queries. Variants differ in how many models train at once; in where the
+LM head runs (at every position, or only at response positions: ``logits_to_keep``); in whether a
+training batch gives each example a padded row or packs several into rows of ``pack_length`` tokens;
+and, with ``--bf16``, in bf16 autocast (``generate_labels.py --bf16``). The first variant, one model
+at a time with padded rows and logits at every position, is the plain recipe and the comparison for
+all the others.
 
-    python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 --bf16
+    python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 8 --bf16
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=8, help="subset models per variant")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8], help="models trained at once")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all variants; figures are medians")
-    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (response positions)")
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 autocast (packed rows)")
+    parser.add_argument("--pack_lengths", type=int, nargs="+", default=[64], help="row lengths of the packed variants")
+    parser.add_argument("--skip_unpacked", action="store_true", help="time only the first row of the padded variants")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -64,41 +68,51 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")  # fmt: skip
 
     train_and_score(model, pool, queries, subsets[:1], query_sets[:1], [0], settings, tokenizer.pad_token_id)  # warm-up
-    variants = [("all", together, False) for together in args.batches]
-    variants += [("response", together, False) for together in args.batches]
-    variants += [("response", together, True) for together in args.batches if args.bf16]
-    seconds: dict[tuple[str, int, bool], list[float]] = {variant: [] for variant in variants}
-    losses: dict[tuple[str, int, bool], np.ndarray] = {}
+    padded = dict(pack_length=0)
+    variants: list[tuple[str, int, dict]] = [
+        (f"{n} at once, padded rows, logits at every position", n, padded | dict(response_logits_only=False))
+        for n in (args.batches[:1] if args.skip_unpacked else args.batches)
+    ]
+    variants += [(f"{n} at once, padded rows, logits at response positions", n, padded)
+                 for n in (args.batches[:1] if args.skip_unpacked else args.batches)]  # fmt: skip
+    for length in args.pack_lengths:
+        variants += [(f"{n} at once, packed rows of {length}", n, dict(pack_length=length)) for n in args.batches]
+        if args.bf16:
+            bf16 = dict(pack_length=length, bf16=True)
+            variants += [(f"{n} at once, packed rows of {length}, bf16 autocast", n, bf16) for n in args.batches]
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    losses: dict[str, np.ndarray] = {}
     # Rounds run every variant once, in turn, so that a slow spell of a shared machine hits all of
     # them alike; each figure is the median over rounds.
     for _ in range(args.repeats):
-        for logits, together, bf16 in variants:
-            settings = dataclasses.replace(settings, response_logits_only=logits == "response", bf16=bf16)
+        for name, together, overrides in variants:
+            variant_settings = dataclasses.replace(settings, **overrides)
             start = time.perf_counter()
-            losses[logits, together, bf16] = np.concatenate(
+            losses[name] = np.concatenate(
                 [
                     train_and_score(model, pool, queries, subsets[i : i + together], query_sets[i : i + together],
-                                    list(range(i, min(i + together, args.models))), settings, tokenizer.pad_token_id)
+                                    list(range(i, min(i + together, args.models))), variant_settings,
+                                    tokenizer.pad_token_id)
                     for i in range(0, args.models, together)
                 ]
             )  # fmt: skip
-            seconds[logits, together, bf16].append(time.perf_counter() - start)
-    reference = losses[variants[0]]
+            seconds[name].append(time.perf_counter() - start)
+    reference = losses[variants[0][0]]
     figures: dict[str, dict[str, float]] = {}
-    for logits, together, bf16 in variants:
-        median = float(np.median(seconds[logits, together, bf16]))
-        name = f"{together} at once, logits at {logits} positions" + (", bf16 autocast" if bf16 else "")
+    for name, _, _ in variants:
+        median = float(np.median(seconds[name]))
         figures[name] = {
             "seconds_per_model": median / args.models,
             "models_per_hour": 3600 * args.models / median,
-            "max_abs_loss_difference_vs_first": float(np.abs(losses[logits, together, bf16] - reference).max()),
+            "max_abs_loss_difference_vs_first": float(np.abs(losses[name] - reference).max()),
+            "seconds_per_round": seconds[name],
         }
     base_name = next(iter(figures))
     base = figures[base_name]["models_per_hour"]
     for name, row in figures.items():
         row["speedup"] = row["models_per_hour"] / base
         print(
-            f"  {name:<57} {row['seconds_per_model']:6.2f} s/model, "
+            f"  {name:<62} {row['seconds_per_model']:6.2f} s/model, "
             f"{row['models_per_hour']:7.0f} models/h, "
             f"{row['speedup']:.2f}x vs {base_name} "
             f"(losses differ by {row['max_abs_loss_difference_vs_first']:.1e})"
@@ -106,7 +120,13 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
-                {"preset": args.preset, "models": args.models, "repeats": args.repeats, "figures": figures},
+                {
+                    "preset": args.preset,
+                    "models": args.models,
+                    "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "figures": figures,
+                },
                 handle,
                 indent=2,
             )

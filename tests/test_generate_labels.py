@@ -19,6 +19,11 @@ from airrep.corpus import generate_split_records
 from airrep.hub import install_in_offline_cache
 from airrep.subset_training import SFTSettings, finetune, train_and_score
 from airrep.target_lm import (
+    IGNORE_INDEX,
+    SFTExample,
+    collate_packed,
+    pack,
+    packed_attention_mask,
     response_losses,
     response_positions,
     selects_logits,
@@ -211,6 +216,63 @@ def test_batched_training_equals_one_model_at_a_time(tiny_target):
     assert not np.allclose(together[0], together[2])  # different subsets, different models
     for name, tensor in model.state_dict().items():  # the target LM itself is left untouched
         torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_packing_places_every_example_once_within_capacity():
+    examples = [SFTExample([7] * n, [IGNORE_INDEX] * (n - 1) + [3]) for n in (5, 9, 2, 12, 4, 4, 1, 7, 15)]
+    rows = pack(examples, 12)
+    assert sorted(id(e) for row in rows for e in row) == sorted(id(e) for e in examples)
+    # First-fit decreasing: 15 alone (over capacity), 12 alone, 9 + 2 + 1, 7 + 5, 4 + 4.
+    assert [[len(e.input_ids) for e in row] for row in rows] == [[15], [12], [9, 2, 1], [7, 5], [4, 4]]
+    ids, labels, position_ids = collate_packed(rows[2:4], pad_id=0, length=13, n_rows=3)
+    assert position_ids.tolist() == [
+        [*range(9), 0, 1, 0, 0],  # examples of 9, 2 and 1 tokens, then one pad: a sequence of its own
+        [*range(7), *range(5), 0],
+        list(range(13)),  # an added row: all padding
+    ]
+    assert ids[2].tolist() == [0] * 13 and labels[2].tolist() == [IGNORE_INDEX] * 13
+    assert labels[0].tolist() == [IGNORE_INDEX] * 8 + [3] + [IGNORE_INDEX, 3, 3, IGNORE_INDEX]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_rows_give_each_example_its_own_logits(attention):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.set_attn_implementation(attention)
+    lengths = (3, 7, 1, 12, 5, 9, 2)
+    examples = [SFTExample(torch.randint(2, 50, (n,)).tolist(), [IGNORE_INDEX] * n) for n in lengths]
+    rows = pack(examples, 14)
+    ids, _, position_ids = collate_packed(rows, pad_id=0, length=16, n_rows=len(rows) + 1)
+    mask = packed_attention_mask(model.config, position_ids)
+    packed = model(input_ids=ids, position_ids=position_ids, attention_mask=mask).logits
+    for r, row in enumerate(rows):
+        start = 0
+        for example in row:
+            end = start + len(example.input_ids)
+            alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
+            torch.testing.assert_close(packed[r, start:end], alone, rtol=1e-5, atol=1e-5)
+            start = end
+
+
+def test_packed_training_equals_one_example_per_row(tiny_target):
+    model, tokenizer, pool, queries = tiny_target
+    rng = np.random.default_rng(2)
+    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(3)]
+    query_sets = [np.arange(12)] * 3
+    packed = SFTSettings(batch_size=8, learning_rate=3e-3)
+    assert packed.pack_length > 0  # packing is the default
+    unpacked = dataclasses.replace(packed, pack_length=0)
+    for together in (1, 3):  # the plain forward and the vmapped one
+        args = (pool, queries, subsets[:together], query_sets[:together], [1, 2, 3][:together])
+        np.testing.assert_allclose(
+            train_and_score(model, *args, packed, tokenizer.pad_token_id),
+            train_and_score(model, *args, unpacked, tokenizer.pad_token_id),
+            rtol=1e-5,
+        )
 
 
 def test_bf16_autocast_differs_from_fp32_by_rounding_only(tiny_target):
