@@ -410,7 +410,7 @@ class GradientState:
         self.pool = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.pool_records)]
         self.queries = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.query_records)]
         sft = SFTSettings(settings["epochs"], settings["learning_rate"], settings["batch_size"],
-                          settings.get("weight_decay", 0.0))  # fmt: skip
+                          settings.get("weight_decay", 0.0), bf16=settings.get("bf16", False))  # fmt: skip
         self.checkpoints = finetune(self.model, self.pool, np.arange(len(self.pool)), preset.seed, sft, self.pad_id)
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft
@@ -455,8 +455,9 @@ class GradientState:
         return model
 
     def about(self) -> str:
+        precision = ", bf16 autocast" if self.sft.bf16 else ""
         return (f"target LM `{self.target}` fine-tuned on the whole pool ({self.sft.epochs} epoch(s), lr "
-                f"{self.sft.learning_rate}, batch {self.sft.batch_size})")  # fmt: skip
+                f"{self.sft.learning_rate}, batch {self.sft.batch_size}{precision})")  # fmt: skip
 
 
 def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:

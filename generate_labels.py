@@ -35,6 +35,7 @@ from airrep.hub import configs_yaml, write_parquet
 from airrep.ladder import scale_spec, target_lm_folder_name
 from airrep.lds import ceiling_from_twins
 from airrep.outputs import claim, write_json, write_text
+from airrep.precision import bf16_available
 from airrep.presets import LABEL_PRESETS, LabelPreset, resolve
 from airrep.subset_training import SFTSettings, train_and_score
 from airrep.target_lm import build_target_lm, load_target_lm, sft_example
@@ -87,11 +88,12 @@ class LabelArguments:
         default=None, metadata={"help": "Override: retrain this many subsets with another seed (0 = none)."}
     )
     seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
-    bf16: bool = field(
-        default=False,
+    bf16: bool | None = field(
+        default=None,
         metadata={"help": "Run the subset models' forward passes under bf16 autocast (weights, optimizer and "
                           "recorded losses stay fp32). Faster where bf16 matrix products are (GPUs, CPUs with "
-                          "AVX512-BF16 or AMX); the labels differ from fp32 ones by rounding."},
+                          "AVX512-BF16 or AMX); the labels differ from fp32 ones by rounding. Default: the "
+                          "preset's choice where bf16 kernels exist, else fp32."},
     )  # fmt: skip
 
 
@@ -206,8 +208,10 @@ def check_disjoint(mode: str, pairs: list[Pair], query_source: np.ndarray, pool:
 
 
 def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict, target: str) -> dict[str, Any]:
-    settings = {"mode": args.mode, "preset": asdict(preset), "corpus": corpus.get("fingerprint"), "target_lm": target}
-    if args.bf16:  # recorded only when on, so folders made before the option existed still match
+    recipe = asdict(preset)
+    bf16 = recipe.pop("bf16")
+    settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
+    if bf16:  # a key of its own, named when it differs; absent, as before the option existed, for fp32
         settings["bf16"] = True
     return settings
 
@@ -294,7 +298,7 @@ def assemble(
         "target_lm": target,
         "target_lm_parameters": target_parameters,
         "settings": asdict(preset),
-        "precision": "bf16 autocast" if args.bf16 else "fp32",
+        "precision": "bf16 autocast" if preset.bf16 else "fp32",
     }
     write_json(folder / "summary.json", summary)
     write_text(folder / "README.md", card(summary, configs))
@@ -376,6 +380,8 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
         if k not in {"output_dir", "preset", "mode", "corpus", "target_lm", "target_lm_scale", "bf16"}
     }
     preset = resolve(LABEL_PRESETS[args.preset], overrides)
+    # bf16 where the preset asks for it and the kernels exist; an explicit flag wins. What runs is recorded.
+    preset = replace(preset, bf16=preset.bf16 and bf16_available() if args.bf16 is None else args.bf16)
     if args.target_lm_scale != 1:
         if args.target_lm is not None:
             raise ValueError("--target_lm_scale grows the built-in target LM; it cannot apply to --target_lm")
@@ -424,7 +430,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
         return json.loads((folder / "summary.json").read_text()) if state.is_main_process else None
     (folder / "shards").mkdir(exist_ok=True)
 
-    sft = SFTSettings(preset.epochs, preset.learning_rate, preset.batch_size, preset.weight_decay, bf16=args.bf16)
+    sft = SFTSettings(preset.epochs, preset.learning_rate, preset.batch_size, preset.weight_decay, bf16=preset.bf16)
     # Batches are fixed by the plan, not by the number of processes, so any world size computes the
     # same models in the same groups.
     batches = [pairs[i : i + preset.models_per_batch] for i in range(0, len(pairs), preset.models_per_batch)]

@@ -27,6 +27,7 @@ from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from airrep.lds_evaluator import LDSEvaluator
+from airrep.precision import bf16_available
 from airrep.presets import TRAIN_PRESETS, resolve
 from airrep.ranking_loss import WEIGHTINGS, AirRepRankingLoss
 from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
@@ -65,13 +66,6 @@ class AirRepTrainer(SentenceTransformerTrainer):
             return super().collect_features(inputs)
         prefix = "sentence_0_"
         return [{k[len(prefix) :]: v for k, v in inputs.items() if k.startswith(prefix)}], inputs.get("label")
-
-
-def bf16_available() -> bool:
-    """Whether bf16 autocast has fast kernels here: on the GPU if there is one, else oneDNN's on the CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return not torch.accelerator.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def preset_training_arguments(preset, explicit: set[str]) -> dict:

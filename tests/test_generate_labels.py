@@ -117,6 +117,28 @@ def test_other_settings_are_refused(work):
         run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds", bf16=True))
 
 
+def test_a_bf16_preset_runs_bf16_where_the_kernels_exist_unless_told_otherwise(work, monkeypatch):
+    import generate_labels
+    from airrep.presets import LABEL_PRESETS
+
+    monkeypatch.setitem(LABEL_PRESETS, "smoke", dataclasses.replace(LABEL_PRESETS["smoke"], bf16=True))
+    small = dict(preset="smoke", mode="lds", lds_subsets=2, noise_ceiling=0)
+
+    def precision(name, **flags):
+        summary = run(LabelArguments(output_dir=str(work / name), **small, **flags))
+        settings = json.loads((work / name / "generation_settings.json").read_text())
+        assert settings.get("bf16", False) == summary["settings"]["bf16"]  # the record says what ran
+        return summary["precision"]
+
+    monkeypatch.setattr(generate_labels, "bf16_available", lambda: True)
+    assert precision("labels-bf16-preset") == "bf16 autocast"
+    assert precision("labels-bf16-flag-off", bf16=False) == "fp32"  # the explicit flag wins
+    monkeypatch.setattr(generate_labels, "bf16_available", lambda: False)  # a CPU without bf16 kernels
+    assert precision("labels-bf16-no-kernels") == "fp32"
+    one, two = (load(work / name, "labels")["losses"] for name in ("labels-bf16-preset", "labels-bf16-no-kernels"))
+    assert one != two and np.allclose(one, two, atol=0.1)  # autocast ran, and differs by rounding only
+
+
 def test_diverged_runs_are_flagged_and_excluded(work):
     folder = work / "labels-diverged"
     with pytest.raises(RuntimeError, match="all 8 subset models diverged"):
