@@ -67,7 +67,7 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         # 2 epochs: the noise ceiling r on lds labels rose from 0.29 (1 epoch) to 0.59 (3 epochs: 0.70);
         # learning rates 3e-4 and 3e-3 at 1 epoch gave 0.27 and 0.25 (see the note on issue 3).
         epochs=2,
-        # 8 models at once, packed rows and bf16 autocast: 3.1x the subset models per hour of one at a
+        # 8 models at once, packed rows and bf16 autocast: 3.0x the subset models per hour of one at a
         # time in fp32 on 2 CPU cores; the bf16 labels rank the subsets as fp32 ones do (per-query
         # Spearman 0.998, against 0.61 between two fp32 seeds) and keep r (benchmarks/README.md).
         models_per_batch=8,
