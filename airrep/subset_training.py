@@ -30,9 +30,9 @@ from airrep.target_lm import (
     logits_at,
     pack,
     packed_attention_mask,
-    packs,
     response_positions,
     selects_logits,
+    takes_packed_rows,
     token_losses,
 )
 
@@ -50,8 +50,9 @@ class SFTSettings:
     # Forward passes under bf16 autocast; weights, AdamW states and the recorded losses stay fp32.
     bf16: bool = False
     # Training rows hold several examples, up to this many tokens (at least the step's longest
-    # example); 0 gives every example a row of its own. Same losses up to rounding. 64 was the fastest
-    # of 0, 64 and 96 with the demo target LM (benchmarks/README.md): longer rows cost more attention.
+    # example); 0 gives every example a row of its own. Same losses up to rounding. Of 32, 64 and 96,
+    # 64 was the fastest with the demo target LM (benchmarks/README.md): longer rows fill better but
+    # make the masked attention longer.
     pack_length: int = 64
 
 
@@ -141,7 +142,7 @@ def _finetune(
     steps_per_epoch = math.ceil(subset_size / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     rngs = [random.Random(seed) for seed in seeds]
-    packed = settings.pack_length > 0 and packs(stacked.model)
+    packed = settings.pack_length > 0 and takes_packed_rows(stacked.model)
     orders: list[list[int]] = [[] for _ in range(n_models)]
     step = 0
     for epoch in range(settings.epochs):

@@ -180,7 +180,7 @@ def collate_packed(
     return ids, labels, position_ids
 
 
-def packs(model: torch.nn.Module) -> bool:
+def takes_packed_rows(model: torch.nn.Module) -> bool:
     """Whether ``model``'s forward takes the position ids and attention mask that packed rows need."""
     parameters = inspect.signature(model.forward).parameters
     return "position_ids" in parameters and "attention_mask" in parameters

@@ -216,10 +216,15 @@ def tiny_target():
     return model, tokenizer, pool, queries
 
 
+def _subsets(n_models, seed, size=30):
+    """``n_models`` random subsets of ``tiny_target``'s 120-example pool."""
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(120, size, replace=False)) for _ in range(n_models)]
+
+
 def test_batched_training_equals_one_model_at_a_time(tiny_target):
     model, tokenizer, pool, queries = tiny_target
-    rng = np.random.default_rng(0)
-    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(3)]
+    subsets = _subsets(3, seed=0)
     query_sets = [np.arange(12), np.arange(12)[::-1], np.arange(12)]
     settings = SFTSettings(batch_size=8, learning_rate=3e-3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -282,9 +287,7 @@ def test_packed_rows_give_each_example_its_own_logits(attention):
 
 def test_packed_training_equals_one_example_per_row(tiny_target):
     model, tokenizer, pool, queries = tiny_target
-    rng = np.random.default_rng(2)
-    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(3)]
-    query_sets = [np.arange(12)] * 3
+    subsets, query_sets = _subsets(3, seed=2), [np.arange(12)] * 3
     packed = SFTSettings(batch_size=8, learning_rate=3e-3)
     assert packed.pack_length > 0  # packing is the default
     unpacked = dataclasses.replace(packed, pack_length=0)
@@ -299,9 +302,7 @@ def test_packed_training_equals_one_example_per_row(tiny_target):
 
 def test_bf16_autocast_differs_from_fp32_by_rounding_only(tiny_target):
     model, tokenizer, pool, queries = tiny_target
-    rng = np.random.default_rng(1)
-    subsets = [np.sort(rng.choice(120, 30, replace=False)) for _ in range(2)]
-    query_sets = [np.arange(12)] * 2
+    subsets, query_sets = _subsets(2, seed=1), [np.arange(12)] * 2
     settings = SFTSettings(batch_size=8, learning_rate=3e-3)
     fp32 = train_and_score(model, pool, queries, subsets, query_sets, [1, 2], settings, tokenizer.pad_token_id)
     bf16_settings = dataclasses.replace(settings, bf16=True)
