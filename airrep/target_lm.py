@@ -181,9 +181,18 @@ def collate_packed(
 
 
 def takes_packed_rows(model: torch.nn.Module) -> bool:
-    """Whether ``model``'s forward takes the position ids and attention mask that packed rows need."""
+    """Whether packed rows give ``model`` the same losses as padded ones: its forward takes position ids
+    and an attention mask, and every layer attends causally to the whole row (the one mask that
+    :func:`packed_attention_mask` builds; a sliding-window layer would need another)."""
     parameters = inspect.signature(model.forward).parameters
-    return "position_ids" in parameters and "attention_mask" in parameters
+    config = getattr(model, "config", None)
+    full_attention = all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ())
+    return (
+        "position_ids" in parameters
+        and "attention_mask" in parameters
+        and full_attention
+        and getattr(config, "sliding_window", None) is None
+    )
 
 
 def packed_attention_mask(config: Any, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> Any:

@@ -28,6 +28,7 @@ from airrep.target_lm import (
     response_positions,
     selects_logits,
     sft_example,
+    takes_packed_rows,
     token_losses,
     train_tokenizer,
 )
@@ -283,6 +284,28 @@ def test_packed_rows_give_each_example_its_own_logits(attention):
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
             torch.testing.assert_close(packed[r, start:end], alone, rtol=1e-5, atol=1e-5)
             start = end
+
+
+def test_packing_is_kept_to_models_with_one_causal_mask():
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    small = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=2)  # fmt: skip
+    assert takes_packed_rows(LlamaForCausalLM(LlamaConfig(**small)))
+    assert not takes_packed_rows(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))
+    # Qwen2 declares a window but uses it only when told to; its layer types say which.
+    assert Qwen2Config(**small).layer_types == ["full_attention"] * 2
+    windowed = Qwen2Config(**small, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    assert windowed.layer_types == ["full_attention", "sliding_attention"]
+    assert takes_packed_rows(Qwen2ForCausalLM(Qwen2Config(**small)))
+    assert not takes_packed_rows(Qwen2ForCausalLM(windowed))
 
 
 def test_packed_training_equals_one_example_per_row(tiny_target):
