@@ -144,7 +144,7 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     # Chosen on the validation splits of the demo train labels (untrained: LDS attention 0.141, sum 0.121):
     #   whole encoder, lr 5e-5, 100 steps:          0.191 / 0.110 in 28 min
     #   top layer over cached layers 0-4, lr 5e-5, 300 steps: 0.165 / 0.116 in 16 min
-    #   top layer over cached layers 0-4, lr 2e-4, 150 steps: 0.166 / 0.119 in 6.6 min  <- fits the demo's budget
+    #   top layer over cached layers 0-4, lr 2e-4, 150 steps: 0.166 / 0.119 in 6.6 min  (the demo until 2026-11-30)
     # R and K were then chosen on 200 validation queries of 100-query train labels (benchmarks/README.md,
     # "The levers again"): K = 8 with R = 16 beat R = 8, K = 4 by +4.0 [+1.0, +7.0] attention LDS, paired,
     # for about 30% more training time.
