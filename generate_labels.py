@@ -93,7 +93,10 @@ class LabelArguments:
         metadata={"help": "Run the subset models' forward passes under bf16 autocast (weights, optimizer and "
                           "recorded losses stay fp32). Faster where bf16 matrix products are (GPUs, CPUs with "
                           "AVX512-BF16 or AMX); the labels differ from fp32 ones by rounding. Default: the "
-                          "preset's choice where bf16 kernels exist, else fp32."},
+                          "preset's choice where bf16 kernels exist, else fp32.",
+                  # `--bf16` alone means True, as for a plain bool flag; HfArgumentParser gives an
+                  # Optional[bool] without a default no such shorthand.
+                  "nargs": "?", "const": True},
     )  # fmt: skip
 
 

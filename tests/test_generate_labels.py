@@ -140,6 +140,15 @@ def test_a_bf16_preset_runs_bf16_where_the_kernels_exist_unless_told_otherwise(w
     assert one != two and np.allclose(one, two, atol=0.1)  # autocast ran, and differs by rounding only
 
 
+def test_the_bf16_flag_parses_like_a_bool_flag_and_defaults_to_the_preset():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(LabelArguments)
+    for flags, expected in (([], None), (["--bf16"], True), (["--bf16", "False"], False), (["--bf16", "true"], True)):
+        (args,) = parser.parse_args_into_dataclasses(args=["--output_dir", "out", *flags])
+        assert args.bf16 is expected, flags
+
+
 def test_diverged_runs_are_flagged_and_excluded(work):
     folder = work / "labels-diverged"
     with pytest.raises(RuntimeError, match="all 8 subset models diverged"):
