@@ -59,11 +59,15 @@ class SFTSettings:
 Inputs = dict[str, torch.Tensor]
 
 
+def _per_model(collated: Sequence[tuple[torch.Tensor, ...]], device: torch.device) -> list[torch.Tensor]:
+    """Each field of the models' collated tensors, stacked along a leading model dimension."""
+    return [torch.stack(field).to(device) for field in zip(*collated, strict=True)]
+
+
 def _stack(rows: Sequence[Sequence[SFTExample]], pad_id: int, device: torch.device) -> tuple[Inputs, torch.Tensor]:
     """Model inputs and labels, ``(models, examples, length)``, each example padded to the longest of all."""
     length = max(len(e.input_ids) for row in rows for e in row)
-    pairs = [collate(row, pad_id, length) for row in rows]
-    ids, labels = (torch.stack([p[i] for p in pairs]).to(device) for i in (0, 1))
+    ids, labels = _per_model([collate(row, pad_id, length) for row in rows], device)
     return {"input_ids": ids}, labels
 
 
@@ -74,12 +78,11 @@ def _stack_packed(
 
     Every model gets as many rows as the model that needs the most, so that ``vmap`` sees one shape.
     """
-    length = max(pack_length, *(len(e.input_ids) for row in rows for e in row))
-    packed = [pack(row, length) for row in rows]
+    capacity = max(pack_length, *(len(e.input_ids) for row in rows for e in row))
+    packed = [pack(row, capacity) for row in rows]
     n_rows = max(len(p) for p in packed)
     length = max(sum(len(e.input_ids) for e in r) for p in packed for r in p)  # no longer than needed
-    triples = [collate_packed(p, pad_id, length, n_rows) for p in packed]
-    ids, labels, position_ids = (torch.stack([t[i] for t in triples]).to(device) for i in (0, 1, 2))
+    ids, labels, position_ids = _per_model([collate_packed(p, pad_id, length, n_rows) for p in packed], device)
     mask = packed_attention_mask(config, position_ids.flatten(0, 1))
     inputs = {"input_ids": ids, "position_ids": position_ids, "attention_mask": mask.unflatten(0, ids.shape[:2])}
     return inputs, labels

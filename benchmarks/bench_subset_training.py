@@ -69,12 +69,12 @@ def main() -> None:
 
     train_and_score(model, pool, queries, subsets[:1], query_sets[:1], [0], settings, tokenizer.pad_token_id)  # warm-up
     padded = dict(pack_length=0)
+    padded_batches = args.batches[:1] if args.skip_unpacked else args.batches
     variants: list[tuple[str, int, dict]] = [
         (f"{n} at once, padded rows, logits at every position", n, padded | dict(response_logits_only=False))
-        for n in (args.batches[:1] if args.skip_unpacked else args.batches)
+        for n in padded_batches
     ]
-    variants += [(f"{n} at once, padded rows, logits at response positions", n, padded)
-                 for n in (args.batches[:1] if args.skip_unpacked else args.batches)]  # fmt: skip
+    variants += [(f"{n} at once, padded rows, logits at response positions", n, padded) for n in padded_batches]
     for length in args.pack_lengths:
         variants += [(f"{n} at once, packed rows of {length}", n, dict(pack_length=length)) for n in args.batches]
         if args.bf16:
