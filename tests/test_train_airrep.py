@@ -181,6 +181,45 @@ def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, save
                                    atol=1e-5, rtol=1e-5)  # fmt: skip
 
 
+def test_a_step_column_runs_longest_first_and_the_loss_ignores_the_order(labels, saved_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from airrep.ranking_loss import AirRepRankingLoss
+    from airrep.training_data import AirRepDataCollator
+
+    data = load_labels(str(labels))
+    model = SentenceTransformer(str(saved_folder), trust_remote_code=True).eval()
+    row = sample_rows(data, sorted(data.splits), 4, 3, 1, seed=0)[0]
+    by_length = AirRepDataCollator(model.preprocess, data)([row])
+    as_listed = AirRepDataCollator(model.preprocess, data, sort_by_length=False)([row])
+    lengths = by_length["sentence_0_attention_mask"].sum(dim=1)
+    listed_lengths = as_listed["sentence_0_attention_mask"].sum(dim=1)
+    assert torch.all(lengths[:-1] >= lengths[1:])
+    assert not torch.all(listed_lengths[:-1] >= listed_lengths[1:])  # else the comparison shows nothing
+    assert torch.equal(lengths.sort().values, listed_lengths.sort().values)
+
+    def text_at(batch, position):
+        ids = batch["sentence_0_input_ids"][position]
+        return ids[batch["sentence_0_attention_mask"][position].bool()].tolist()
+
+    # Every query and subset member names the same text in both columns.
+    for key in ("queries", "members"):
+        for a, b in zip(by_length["label"][key].flatten().tolist(), as_listed["label"][key].flatten().tolist()):
+            assert (a < 0) == (b < 0)
+            if a >= 0:
+                assert text_at(by_length, a) == text_at(as_listed, b)
+    torch.testing.assert_close(by_length["label"]["targets"], as_listed["label"]["targets"])
+
+    loss = AirRepRankingLoss(model, mini_batch_size=3)  # mini-batches of mixed lengths in the listed order
+
+    def value(batch):
+        features = {k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")}
+        with torch.no_grad():
+            return loss([features], batch["label"])
+
+    torch.testing.assert_close(value(by_length), value(as_listed), atol=1e-5, rtol=1e-5)
+
+
 def test_training_over_frozen_layers_changes_only_the_layers_above(labels, saved_folder):
     output = labels.parent / "model-frozen"
     main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output), "--frozen_layers", "5"])
