@@ -204,7 +204,9 @@ def test_a_step_column_runs_longest_first_and_the_loss_ignores_the_order(labels,
 
     # Every query and subset member names the same text in both columns.
     for key in ("queries", "members"):
-        for a, b in zip(by_length["label"][key].flatten().tolist(), as_listed["label"][key].flatten().tolist()):
+        for a, b in zip(
+            by_length["label"][key].flatten().tolist(), as_listed["label"][key].flatten().tolist(), strict=True
+        ):
             assert (a < 0) == (b < 0)
             if a >= 0:
                 assert text_at(by_length, a) == text_at(as_listed, b)
