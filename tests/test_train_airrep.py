@@ -158,6 +158,11 @@ def test_bad_labels_fail_before_training(labels, tmp_path, caplog):
     assert np.isnan(data.splits[0].targets).sum() == 6
 
 
+def _text_column(batch: dict) -> dict:
+    """The collator's one text column (``sentence_0_*``), as the model's features."""
+    return {k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")}
+
+
 def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, saved_folder):
     from sentence_transformers import SentenceTransformer
 
@@ -174,7 +179,7 @@ def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, save
     assert torch.equal(cached["label"]["members"], tokens["label"]["members"])
 
     def embed(batch):
-        return model({k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")})
+        return model(_text_column(batch))
 
     with torch.no_grad():
         torch.testing.assert_close(embed(cached)["sentence_embedding"], embed(tokens)["sentence_embedding"],
@@ -215,9 +220,8 @@ def test_a_step_column_runs_longest_first_and_the_loss_ignores_the_order(labels,
     loss = AirRepRankingLoss(model, mini_batch_size=3)  # mini-batches of mixed lengths in the listed order
 
     def value(batch):
-        features = {k.removeprefix("sentence_0_"): v for k, v in batch.items() if k.startswith("sentence_0_")}
         with torch.no_grad():
-            return loss([features], batch["label"])
+            return loss([_text_column(batch)], batch["label"])
 
     torch.testing.assert_close(value(by_length), value(as_listed), atol=1e-5, rtol=1e-5)
 
