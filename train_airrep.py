@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from airrep.lds_evaluator import LDSEvaluator
 from airrep.precision import bf16_available
-from airrep.presets import TRAIN_PRESETS, resolve
+from airrep.presets import TRAIN_PRESETS, for_precision, resolve
 from airrep.ranking_loss import WEIGHTINGS, AirRepRankingLoss
 from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
 from modeling_airrep import AirRepModel
@@ -136,14 +136,18 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--weighting must be one of {sorted(WEIGHTINGS)}, got {args.weighting!r}")
     overrides = {k: getattr(args, k) for k in ("queries_per_step", "subsets_per_step", "train_steps",
                                                "validation_splits", "mini_batch_size", "frozen_layers")}  # fmt: skip
-    preset = resolve(TRAIN_PRESETS[args.preset], overrides)
+    base = TRAIN_PRESETS[args.preset]
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    if preset.bf16 and "bf16" not in explicit and bf16_available():
+    if base.bf16 and "bf16" not in explicit and bf16_available():
         # transformers fixes mixed precision when it builds the arguments, so parse them again with the
         # flag (and --use_cpu, which it requires for bf16 without an accelerator).
         extra = ["--bf16"] + ([] if torch.accelerator.is_available() or "use_cpu" in explicit else ["--use_cpu"])
         args, training_args = parser.parse_args_into_dataclasses(args=[*argv, *extra])
-    preset = replace(preset, bf16=training_args.bf16)  # what the run used, for the record
+    # What the run uses, for the record: the precision it trains in and that precision's steps.
+    preset = resolve(for_precision(base, training_args.bf16), overrides)
+    if base.bf16 and not preset.bf16 and args.train_steps is None and preset.train_steps != base.train_steps:
+        logger.warning("No bf16 autocast here: %d fp32 steps instead of the %r preset's %d under bf16",
+                       preset.train_steps, args.preset, base.train_steps)  # fmt: skip
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
     if "save_steps" not in explicit:  # checkpoint where we evaluate, whichever way eval_steps was set

@@ -25,6 +25,7 @@ from datasets import load_dataset
 from transformers import AutoModel, HfArgumentParser
 
 from airrep.outputs import differing_keys
+from airrep.precision import bf16_available
 
 logger = logging.getLogger("airrep.demo")
 
@@ -42,11 +43,16 @@ def _shorten(text: str, width: int = 70) -> str:
 
 
 def _check_training_preset(folders: dict[str, Path], preset: str) -> None:
-    """Refuse to reuse a checkpoint trained with other preset settings (from an older version, say)."""
-    from airrep.presets import TRAIN_PRESETS
+    """Refuse to reuse a checkpoint trained with other preset settings (from an older version, say).
 
+    The settings expected are those ``train_airrep.py`` uses on this machine: a bf16 preset trains in
+    fp32, with its fp32 step count, where bf16 kernels are missing.
+    """
+    from airrep.presets import TRAIN_PRESETS, for_precision
+
+    expected = for_precision(TRAIN_PRESETS[preset], TRAIN_PRESETS[preset].bf16 and bf16_available())
     record = json.loads((folders["model"] / "airrep_training.json").read_text())
-    differences = differing_keys(record.get("preset", {}), asdict(TRAIN_PRESETS[preset]))
+    differences = differing_keys(record.get("preset", {}), asdict(expected))
     if differences:
         raise ValueError(
             f"{folders['model']} holds an AirRep trained with other settings than the {preset!r} preset's "

@@ -136,6 +136,9 @@ class TrainPreset:
     # Forward passes under bf16 autocast (the trainer's --bf16, with fp32 weights); on a CPU with
     # AVX512-BF16 a whole-encoder step of the demo runs 1.4x faster (benchmarks/README.md).
     bf16: bool = False
+    # Steps where bf16 kernels are missing and the preset trains in fp32 (None: train_steps). An fp32
+    # step of the demo takes 2.2x as long, so it trains fewer to keep its time bound.
+    fp32_train_steps: int | None = None
 
 
 TRAIN_PRESETS: dict[str, TrainPreset] = {
@@ -155,14 +158,22 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     # 2026-12-01, later: with each step's texts longest first (1.76x faster steps), 60, 100 and 140 steps
     # took 313, 534 and 696 s and scored 26.2, 33.1 and 39.1 attention on the same validation splits
     # (+2.5, +9.5, +15.5 over the 60-step checkpoint trained before the change, paired); 140 steps keep
-    # the demo under 20 minutes here. Without bf16 kernels (fp32 steps 2.2x slower) they would not.
+    # the demo under 20 minutes here. Without bf16 kernels (fp32 steps 2.2x slower) they would not, so
+    # there it trains 60 fp32 steps, about as long (26.2 validation LDS at 60 steps, against 39.1).
     "demo": TrainPreset(queries_per_step=16, subsets_per_step=8, train_steps=140, validation_splits=2,
-                        learning_rate=5e-5, frozen_layers=0, eval_steps=35, logging_steps=10, bf16=True),
+                        learning_rate=5e-5, frozen_layers=0, eval_steps=35, logging_steps=10, bf16=True,
+                        fp32_train_steps=60),
     "bench": TrainPreset(queries_per_step=32, subsets_per_step=16, train_steps=2000, validation_splits=4,
                          learning_rate=5e-5, eval_steps=200, logging_steps=20),
     "paper": TrainPreset(queries_per_step=1000, subsets_per_step=32, train_steps=20000, validation_splits=10,
                          learning_rate=1e-4, eval_steps=1000, logging_steps=50),
 }  # fmt: skip
+
+
+def for_precision(preset: TrainPreset, bf16: bool) -> TrainPreset:
+    """``preset`` as it trains with or without bf16 autocast: the flag recorded, and that precision's steps."""
+    steps = preset.train_steps if bf16 or preset.fp32_train_steps is None else preset.fp32_train_steps
+    return replace(preset, bf16=bf16, train_steps=steps)
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,29 @@ def test_a_bf16_preset_trains_under_autocast_unless_told_otherwise(labels, saved
     assert cosine > 0.99
 
 
+def test_without_bf16_kernels_a_bf16_preset_trains_its_fp32_steps_and_the_demo_reuses_it(labels, monkeypatch):
+    import dataclasses
+
+    import airrep.demo
+    import train_airrep
+    from airrep.presets import TRAIN_PRESETS
+
+    preset = dataclasses.replace(TRAIN_PRESETS["smoke"], bf16=True, train_steps=3, fp32_train_steps=2, frozen_layers=5)
+    monkeypatch.setitem(TRAIN_PRESETS, "smoke", preset)
+    monkeypatch.setattr(train_airrep, "bf16_available", lambda: False)  # a CPU without bf16 kernels
+    monkeypatch.setattr(airrep.demo, "bf16_available", lambda: False)
+    output = labels.parent / "model-no-bf16"
+    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output)])
+    record = json.loads((output / "airrep_training.json").read_text())
+    assert (record["preset"]["bf16"], record["preset"]["train_steps"]) == (False, 2)
+    assert max(entry["step"] for entry in record["log_history"]) == 2
+    folders = {"model": output, "report": labels.parent / "report"}
+    airrep.demo._check_training_preset(folders, "smoke")  # what this machine trains: reused on a rerun
+    monkeypatch.setattr(airrep.demo, "bf16_available", lambda: True)  # a machine that would train 3 bf16 steps
+    with pytest.raises(ValueError, match=r"differ in \['bf16', 'train_steps'\]"):
+        airrep.demo._check_training_preset(folders, "smoke")
+
+
 def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, capsys):
     from airrep.compare_validation import UNTRAINED, compare, held_out_splits
     from airrep.compare_validation import main as compare_main
