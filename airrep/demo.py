@@ -50,7 +50,8 @@ def _check_training_preset(folders: dict[str, Path], preset: str) -> None:
     """
     from airrep.presets import TRAIN_PRESETS, for_precision
 
-    expected = for_precision(TRAIN_PRESETS[preset], TRAIN_PRESETS[preset].bf16 and bf16_available())
+    settings = TRAIN_PRESETS[preset]
+    expected = for_precision(settings, settings.bf16 and bf16_available())
     record = json.loads((folders["model"] / "airrep_training.json").read_text())
     differences = differing_keys(record.get("preset", {}), asdict(expected))
     if differences:
