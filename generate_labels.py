@@ -44,6 +44,8 @@ from configuration_airrep import RecordFormatError, format_text
 logger = logging.getLogger("generate_labels")
 MODES = ("train", "lds")
 NOISE_SEED_OFFSET = 1_000_003
+# Arguments that are not overrides of a LabelPreset field.
+_NOT_PRESET_FIELDS = {"output_dir", "preset", "mode", "corpus", "target_lm", "target_lm_scale", "bf16", "warm_start_share"}
 
 
 @dataclass
@@ -88,6 +90,12 @@ class LabelArguments:
         default=None, metadata={"help": "Override: retrain this many subsets with another seed (0 = none)."}
     )
     seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
+    warm_start_share: float = field(
+        default=0.25,
+        metadata={"help": "For a --corpus without a 'pretrain' split and the built-in target LM: the share of "
+                          "'train' records (a draw seeded by the corpus seed) held out of the pool to warm-start "
+                          "the target LM. 0 = no warm start (the target LM starts from random weights)."},
+    )  # fmt: skip
     bf16: bool | None = field(
         default=None,
         metadata={"help": "Run the subset models' forward passes under bf16 autocast (weights, optimizer and "
@@ -142,6 +150,35 @@ def load_corpus(args: LabelArguments, preset: LabelPreset, work_dir: Path) -> tu
         raise ValueError(f"corpus {source}: the pool (split 'train') is empty")
     summary.setdefault("fingerprint", getattr(data["train"], "_fingerprint", "unknown"))
     return records, {"source": source, **summary}
+
+
+def hold_out_warm_start(records: dict[str, list[dict]], share: float, seed: int) -> tuple[dict[str, list[dict]], str]:
+    """Give a corpus without a ``pretrain`` split one, drawn from ``train`` and removed from the pool.
+
+    The built-in target LM is a small Llama that knows nothing before its warm start; fine-tuned from
+    random weights on a few hundred examples its subset models barely differ, so the labels would be
+    mostly noise. A held-out share of the user's own records teaches it their format instead. The
+    draw is seeded, so the ``train`` and ``lds`` labels of one corpus get the same pool. Returns the
+    records and a line for the card.
+    """
+    if "pretrain" in records:
+        return records, f"the corpus's 'pretrain' split ({len(records['pretrain'])} records)"
+    if not 0 <= share < 1:
+        raise ValueError(f"--warm_start_share must be in [0, 1), got {share}")
+    n_train = len(records["train"])
+    n_warm = round(share * n_train)
+    if n_warm == 0:
+        return {**records, "pretrain": []}, "none: the target LM starts from random weights (--warm_start_share 0)"
+    if n_warm >= n_train:
+        raise ValueError(f"--warm_start_share {share} leaves no pool out of {n_train} 'train' records")
+    held = np.zeros(n_train, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n_train)[:n_warm]] = True
+    pool = [r for r, h in zip(records["train"], held, strict=True) if not h]
+    warm = [r for r, h in zip(records["train"], held, strict=True) if h]
+    return (
+        {**records, "train": pool, "pretrain": warm},
+        f"{n_warm} of the corpus's {n_train} 'train' records (share {share}, seed {seed}), held out of the pool",
+    )
 
 
 def make_plan(mode: str, preset: LabelPreset, n_pool: int, n_test: int) -> tuple[list[Pair], np.ndarray]:
@@ -214,6 +251,8 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
+    if "held out of the pool" in corpus.get("warm_start", ""):  # the pool itself depends on it
+        settings["warm_start"] = corpus["warm_start"]
     if bf16:  # a key of its own, named when it differs; absent, as before the option existed, for fp32
         settings["bf16"] = True
     return settings
@@ -324,6 +363,8 @@ def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
         )
     else:
         design = f"{s['lds_subsets']} random halves of the pool, scored on {s['lds_queries']} held-out test queries."
+    warm_start = summary["corpus"].get("warm_start")
+    warm_start = f"; warm-started on {warm_start}" if warm_start else ""
     return f"""---
 {configs_yaml({name: {"train": path} for name, path in configs.items()})}
 tags:
@@ -340,7 +381,7 @@ the mean token cross-entropy over the response tokens of `queries[queries[i]]` a
 - Design: {design}
 - Corpus: {summary["corpus"].get("name")} (`{summary["corpus"].get("source")}`), fingerprint
   `{summary["corpus"].get("fingerprint")}`; pool {summary["pool"]} examples, {summary["queries"]} queries.
-- Target LM: `{summary["target_lm"]}`, {summary["target_lm_parameters"]:,} parameters.
+- Target LM: `{summary["target_lm"]}`, {summary["target_lm_parameters"]:,} parameters{warm_start}.
 - SFT: AdamW, learning rate {s["learning_rate"]} with linear decay, batch {s["batch_size"]}, {s["epochs"]} epoch(s),
   weight decay {s["weight_decay"]}, response-only loss, {summary["precision"]}; plan seed {s["seed"]},
   corpus seed {s["corpus_seed"]}.
@@ -377,11 +418,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
         raise ValueError(f"--mode must be one of {MODES}, got {args.mode!r}")
     if args.preset not in LABEL_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(LABEL_PRESETS)}, got {args.preset!r}")
-    overrides = {
-        k: v
-        for k, v in asdict(args).items()
-        if k not in {"output_dir", "preset", "mode", "corpus", "target_lm", "target_lm_scale", "bf16"}
-    }
+    overrides = {k: v for k, v in asdict(args).items() if k not in _NOT_PRESET_FIELDS}
     preset = resolve(LABEL_PRESETS[args.preset], overrides)
     # bf16 where the preset asks for it and the kernels exist; an explicit flag wins. What runs is recorded.
     preset = replace(preset, bf16=preset.bf16 and bf16_available() if args.bf16 is None else args.bf16)
@@ -396,6 +433,8 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
 
     with state.main_process_first():  # the main process builds the shared corpus and target LM
         records, corpus = load_corpus(args, preset, work_dir)
+        if args.target_lm is None:
+            records, corpus["warm_start"] = hold_out_warm_start(records, args.warm_start_share, preset.corpus_seed)
         pool, test = records["train"], records["test"]
         if args.target_lm is None:
             target_folder = build_target_lm(

@@ -59,13 +59,29 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def _check_finite(block: torch.Tensor, name: str, rows: np.ndarray | None = None) -> None:
+    """Raise naming the first row of ``block`` that holds a NaN or an infinity (``rows``: its row numbers).
+
+    A non-finite embedding is always a fault upstream (an overflow, a damaged file), and it would not
+    show: softmax pooling turns it into a score of 0 and top-k ranks NaN first. So it stops here.
+    """
+    finite = torch.isfinite(block.detach())
+    if not bool(finite.all()):
+        first = int((~finite.all(dim=1)).nonzero()[0, 0])
+        value = block[first][~finite[first]][0].item()
+        row = first if rows is None else int(rows[first])
+        raise ValueError(f"{name} row {row} holds {value}: embeddings must be finite (re-encode or drop that row)")
+
+
 def _as_matrix(x: Array, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(x)
     if tensor.ndim == 1:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be a vector or a matrix, got shape {tuple(tensor.shape)}")
-    return tensor if tensor.is_floating_point() and tensor.dtype != torch.float16 else tensor.float()
+    tensor = tensor if tensor.is_floating_point() and tensor.dtype != torch.float16 else tensor.float()
+    _check_finite(tensor, name)
+    return tensor
 
 
 def _check_dims(queries: torch.Tensor, corpus: Array) -> None:
@@ -77,12 +93,18 @@ def _check_dims(queries: torch.Tensor, corpus: Array) -> None:
 
 
 def _corpus_rows(corpus: Array, rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """Gather ``rows`` of ``corpus`` (numpy, memmap or torch) as a tensor matching ``like``'s dtype and device."""
+    """Gather ``rows`` of ``corpus`` (numpy, memmap or torch) as a tensor matching ``like``'s dtype and device.
+
+    Raises:
+        ValueError: one of the rows is not finite, naming it.
+    """
     if isinstance(corpus, torch.Tensor):
         block = corpus[torch.as_tensor(rows, device=corpus.device)]
     else:
         block = torch.from_numpy(np.ascontiguousarray(corpus[rows]))
-    return block.to(device=like.device, dtype=like.dtype)
+    block = block.to(device=like.device, dtype=like.dtype)
+    _check_finite(block, "corpus_embeddings", rows)
+    return block
 
 
 def _like_input(result: torch.Tensor, reference: Array) -> Array:
@@ -115,7 +137,8 @@ def similarity(query_embeddings: Array, corpus_embeddings: Array) -> Array:
     """Query-by-corpus matrix of dot products, shape ``(n_queries, n_corpus)``.
 
     A positive score says the corpus example is predicted to lower the query's loss. Returns numpy
-    when ``query_embeddings`` is numpy, torch otherwise.
+    when ``query_embeddings`` is numpy, torch otherwise. A NaN or infinite embedding is a
+    ``ValueError`` naming its row.
     """
     queries = _as_matrix(query_embeddings, "query_embeddings")
     corpus = _as_matrix(corpus_embeddings, "corpus_embeddings")
@@ -133,6 +156,9 @@ def top_k(
 
     Returns:
         ``(scores, indices)``, each of shape ``(n_queries, min(k, n_corpus))``, best first.
+
+    Raises:
+        ValueError: a NaN or infinite embedding (naming its row), or mismatched dimensions.
     """
     queries = _as_matrix(query_embeddings, "query_embeddings")
     if corpus_embeddings.ndim != 2:
@@ -205,7 +231,8 @@ def group_influence(
         dataset. numpy when ``query_embeddings`` is numpy, torch otherwise.
 
     Raises:
-        ValueError: unknown pooling or mismatched embedding dimensions.
+        ValueError: unknown pooling, mismatched embedding dimensions, or a NaN or infinite embedding
+            among the queries or the subsets' members (naming its row).
         IndexError: a subset index outside ``[0, n_corpus)``, naming the subset and the index.
         TypeError: a subset that does not hold integers.
     """

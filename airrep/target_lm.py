@@ -312,13 +312,15 @@ def build_target_lm(
     config = llama_config(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
     examples = [sft_example(tokenizer, r, spec.max_length, i) for i, r in enumerate(pretrain_records)]
+    if not examples:
+        logger.warning("No warm-start records: the target LM keeps its random initial weights")
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup_lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(examples) / spec.warmup_batch_size)
     total = steps_per_epoch * spec.warmup_epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(total, 1))
     rng = random.Random(spec.seed)
     model.train()
-    for epoch in range(spec.warmup_epochs):
+    for epoch in range(spec.warmup_epochs if examples else 0):
         order = list(range(len(examples)))
         rng.shuffle(order)
         running = 0.0
@@ -339,6 +341,13 @@ def build_target_lm(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     n_params = sum(p.numel() for p in model.parameters())
+    chat = "chat template `<|user|>prompt\\n<|assistant|>response<|eos|>`"
+    warm_start = (
+        f"It was warm-started on {len(examples)} `pretrain` records for {spec.warmup_epochs} epochs (AdamW, lr "
+        f"{spec.warmup_lr}, batch {spec.warmup_batch_size}, response-only loss, {chat})."
+        if examples
+        else f"It was not warm-started: its weights are random ({chat})."
+    )
     (folder / "README.md").write_text(
         f"""---
 library_name: transformers
@@ -351,9 +360,7 @@ tags:
 # AirRep-Hub target LM
 
 A small Llama causal LM ({n_params:,} parameters) whose training data AirRep attributes, with a
-byte-level BPE tokenizer of {len(tokenizer)} tokens trained on the built-in corpus. It was warm-started
-on {len(examples)} `pretrain` records for {spec.warmup_epochs} epochs (AdamW, lr {spec.warmup_lr},
-batch {spec.warmup_batch_size}, response-only loss, chat template `<|user|>prompt\\n<|assistant|>response<|eos|>`).
+byte-level BPE tokenizer of {len(tokenizer)} tokens trained on the corpus's texts. {warm_start}
 
 Spec: `{json.dumps(asdict(spec))}`
 """

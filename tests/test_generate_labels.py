@@ -437,3 +437,35 @@ def test_any_causal_lm_folder_can_be_the_target(work, tmp_path):
     )
     assert summary["labels"] == 8 and summary["target_lm"] == str(tmp_path / "gpt2")
     assert np.isfinite(np.array(load(work / "labels-gpt2", "labels")["losses"])).all()
+
+
+def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_held_out_share(tmp_path):
+    """Most corpora have no 'pretrain' split: a seeded share of 'train' warm-starts the built-in target
+    LM and leaves the pool (it used to divide by zero in the warm start)."""
+    from generate_labels import hold_out_warm_start
+
+    corpus = tmp_path / "my-corpus"
+    corpus.mkdir()
+    train, test = _records(80), _records(20, 1000)
+    for name, rows in (("train", train), ("test", test)):
+        (corpus / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = run(LabelArguments(output_dir=str(tmp_path / "labels-lds"), preset="smoke", mode="lds",
+                                 corpus=str(corpus), noise_ceiling=0))  # fmt: skip
+    assert summary["pool"] == 60 and summary["labels"] == 8
+    assert summary["corpus"]["warm_start"].startswith("20 of the corpus's 80 'train' records (share 0.25")
+    card = (tmp_path / "labels-lds" / "README.md").read_text()
+    assert "warm-started on 20 of the corpus's 80 'train' records" in card
+    assert "warm-started on 20 `pretrain` records" in (tmp_path / "target-lm" / "README.md").read_text()
+    pool = load(tmp_path / "labels-lds", "pool")
+    # The pool is 'train' less the warm-start draw, in the corpus's order.
+    records, _ = hold_out_warm_start({"train": train, "test": test}, 0.25, summary["settings"]["corpus_seed"])
+    assert pool["prompt"] == [r["prompt"] for r in records["train"]]
+    assert not set(pool["prompt"]) & {r["prompt"] for r in records["pretrain"]}
+    assert np.isfinite(np.array(load(tmp_path / "labels-lds", "labels")["losses"])).all()
+
+    same, line = hold_out_warm_start({"train": train, "test": test, "pretrain": train[:3]}, 0.25, 0)
+    assert same["train"] == train and line == "the corpus's 'pretrain' split (3 records)"
+    none, line = hold_out_warm_start({"train": train, "test": test}, 0.0, 0)
+    assert none["train"] == train and none["pretrain"] == [] and line.startswith("none:")
+    with pytest.raises(ValueError, match=r"--warm_start_share must be in \[0, 1\), got 1.5"):
+        hold_out_warm_start({"train": train, "test": test}, 1.5, 0)

@@ -1,12 +1,16 @@
 """Gradient baselines against brute force on a tiny Llama: one backward per example, full gradients,
 explicit projection matrices and an explicit Fisher inverse."""
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.sparse
 import torch
 from sklearn.random_projection import SparseRandomProjection
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.llama.modeling_llama import repeat_kv
 
 from airrep.gradient_methods import (
     GradientProjector,
@@ -53,13 +57,41 @@ def brute_gradients(model, examples):
     return stacked, flat
 
 
+def float64_softmax_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention with its softmax in the model's own dtype instead of float32."""
+    key, value = (repeat_kv(x, module.num_key_value_groups) for x in (key, value))
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register("float64_softmax", float64_softmax_attention)
+AttentionMaskInterface.register("float64_softmax", eager_mask)  # the causal mask eager attention gets
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+@pytest.mark.parametrize("attention", ["eager", "float64_softmax"])
 @pytest.mark.parametrize("response_logits_only", [True, False], ids=["lm-head-at-responses", "lm-head-everywhere"])
-def test_per_example_gradients_match_one_backward_per_example(tiny, response_logits_only):
+def test_per_example_gradients_match_one_backward_per_example(tiny, response_logits_only, attention):
     model, examples = tiny
+    model = copy.deepcopy(model)
+    model.set_attn_implementation(attention)
     params = {name: p.detach() for name, p in model.named_parameters()}
     _, expected = brute_gradients(model, examples)
     got = per_example_gradients(model, params, examples, PAD, response_logits_only=response_logits_only)
-    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    if attention == "float64_softmax":  # float64 throughout: the two paths agree to float64 rounding
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-11)
+    else:
+        # transformers' eager attention takes its softmax in float32, even in a float64 model. The
+        # vmapped path pads every example to the longest, so its softmax rows are longer than the
+        # per-example ones, and the float32 exp-and-sum kernels split a row into vector blocks by its
+        # length: the same weight can round differently by an ulp of float32 (on AVX2 kernels it does;
+        # ATEN_CPU_CAPABILITY=avx2 shows it on any x86 machine). The gradients inherit that relative
+        # error, so they agree to a few float32 roundoffs of their largest entry, not to float64's.
+        atol = 4 * FLOAT32_UNIT_ROUNDOFF * expected.abs().max().item()
+        torch.testing.assert_close(got, expected, rtol=0, atol=atol)
     columns = per_example_gradients(model, params, examples, PAD, True, response_logits_only)
     assert columns.is_contiguous() and torch.equal(columns, got.T)
 

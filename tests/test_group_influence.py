@@ -137,3 +137,32 @@ def test_gradients_match_a_direct_autograd_computation(pooling):
     (torch.stack(rows) * weights).sum().backward()
     torch.testing.assert_close(got[0], queries.grad)
     torch.testing.assert_close(got[1], corpus.grad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["numpy", "torch"])
+def test_a_non_finite_embedding_is_an_error_naming_its_row(bad, as_tensor):
+    convert = torch.from_numpy if as_tensor else np.asarray
+    queries, corpus = np.ones((2, 4), dtype=np.float32), np.ones((5, 4), dtype=np.float32)
+    corpus[1, 0] = bad
+    # Softmax pooling used to turn this subset's score into a silent 0.0.
+    for pooling in ("attention", "sum"):
+        for chunk_size in (None, 1):
+            with pytest.raises(ValueError, match=rf"^corpus_embeddings row 1 holds {bad}: embeddings must be finite"):
+                group_influence(convert(queries), convert(corpus), [[0, 1]], pooling=pooling, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=r"corpus_embeddings row 1 holds"):
+        top_k(convert(queries), convert(corpus), k=2, chunk_size=1)
+    with pytest.raises(ValueError, match=r"corpus_embeddings row 1 holds"):
+        similarity(convert(queries), convert(corpus))
+    # A row no subset reads does not stop the others' scores.
+    np.testing.assert_allclose(np.asarray(group_influence(convert(queries), convert(corpus), [[0, 2]])), [[4.0, 4.0]])
+    queries[1, 3] = bad
+    corpus[1, 0] = 1.0
+    calls = (
+        lambda: similarity(convert(queries), convert(corpus)),
+        lambda: top_k(convert(queries), convert(corpus)),
+        lambda: group_influence(convert(queries), convert(corpus), [[0]]),
+    )
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"^query_embeddings row 1 holds {bad}"):
+            call()
