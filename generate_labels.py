@@ -45,7 +45,16 @@ logger = logging.getLogger("generate_labels")
 MODES = ("train", "lds")
 NOISE_SEED_OFFSET = 1_000_003
 # Arguments that are not overrides of a LabelPreset field.
-_NOT_PRESET_FIELDS = {"output_dir", "preset", "mode", "corpus", "target_lm", "target_lm_scale", "bf16", "warm_start_share"}
+_NOT_PRESET_FIELDS = {
+    "output_dir",
+    "preset",
+    "mode",
+    "corpus",
+    "target_lm",
+    "target_lm_scale",
+    "bf16",
+    "warm_start_share",
+}
 
 
 @dataclass
