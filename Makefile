@@ -9,9 +9,9 @@ OUT ?= out/demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	# torch first and pinned: 2.13.0 is the CPU wheel; anything looser pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# One resolution for everything (requirements.txt pins torch==2.13.0, the CPU wheel; anything looser
+	# pulls a multi-GB CUDA build): two pip runs would resolve and check the torch stack twice.
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 demo: $(VENV)/.installed

@@ -647,7 +647,7 @@ def run(args: EvalArguments) -> dict[str, Any]:
         logger.info("%s: LDS x100 %s", name, lds_line)
         assemble(folder, data, preset, list(runners), ceiling, errors)
     results = assemble(folder, data, preset, list(runners), ceiling, errors)
-    logger.info("wrote %s\n%s", folder, markdown_table(results))
+    logger.info("wrote %s", folder)
     return results
 
 
@@ -655,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(args=argv)
     results = run(args)
+    print(markdown_table(results))  # here, not in run(): the demo prints the same table once, at its end
     if results["errors"]:
         logger.error("failed method(s): %s", ", ".join(results["errors"]))
         return 1

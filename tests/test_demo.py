@@ -1,15 +1,22 @@
 """The main job, end to end at the smoke preset: every stage runs, the report prints, a rerun reuses."""
 
 import json
+import logging
 
 import pytest
 
 from airrep.demo import main
 
 
-def test_demo_runs_the_whole_pipeline_and_reuses_it(tmp_path, capsys):
+def test_demo_runs_the_whole_pipeline_and_reuses_it(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     main(["--output_dir", str(tmp_path), "--preset", "smoke", "--top_k", "2"])
     out = capsys.readouterr().out
+    # What a terminal shows, the log included, holds the table and each closing line once.
+    shown = out + caplog.text
+    closing = ("| airrep |", "hf upload ORG/airrep-small-demo", 'AutoModel.from_pretrained("ORG/', 'load_dataset("ORG/')
+    for line in closing:
+        assert shown.count(line) == 1, line
     for folder in ("corpus", "target-lm", "labels-train", "labels-lds", "model", "report"):
         assert (tmp_path / folder).is_dir(), folder
     assert "| airrep |" in out and "| logra |" in out and "noise ceiling sqrt(r)" in out
