@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,11 @@ from transformers import HfArgumentParser
 from transformers.trainer_utils import get_last_checkpoint
 
 from airrep.lds_evaluator import LDSEvaluator
+from airrep.outputs import differing_keys
 from airrep.precision import bf16_available
 from airrep.presets import TRAIN_PRESETS, for_precision, resolve
 from airrep.ranking_loss import WEIGHTINGS, AirRepRankingLoss
-from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
+from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows, set_dropout
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger("train_airrep")
@@ -50,6 +51,9 @@ class AirRepArguments:
     train_steps: int | None = field(default=None, metadata={"help": "Override: number of training steps."})
     validation_splits: int | None = field(default=None, metadata={"help": "Override: splits held out for LDS."})
     mini_batch_size: int | None = field(default=None, metadata={"help": "Override: GradCache mini-batch (0 = off)."})
+    dropout: float | None = field(
+        default=None, metadata={"help": "Override: the encoder's dropout while training (0 = none, as the authors)."}
+    )
     frozen_layers: int | None = field(
         default=None,
         metadata={"help": "Override: freeze the embeddings and this many lower encoder layers, cache their "
@@ -134,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"--preset must be one of {sorted(TRAIN_PRESETS)}, got {args.preset!r}")
     if args.weighting not in WEIGHTINGS:
         raise ValueError(f"--weighting must be one of {sorted(WEIGHTINGS)}, got {args.weighting!r}")
-    overrides = {k: getattr(args, k) for k in ("queries_per_step", "subsets_per_step", "train_steps",
-                                               "validation_splits", "mini_batch_size", "frozen_layers")}  # fmt: skip
+    overridable = ("queries_per_step", "subsets_per_step", "train_steps", "validation_splits", "mini_batch_size",
+                   "frozen_layers", "dropout")  # fmt: skip
+    overrides = {k: getattr(args, k) for k in overridable}
     base = TRAIN_PRESETS[args.preset]
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
     if base.bf16 and "bf16" not in explicit and bf16_available():
@@ -145,9 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         args, training_args = parser.parse_args_into_dataclasses(args=[*argv, *extra])
     # What the run uses, for the record: the precision it trains in and that precision's steps.
     preset = resolve(for_precision(base, training_args.bf16), overrides)
-    if base.bf16 and not preset.bf16 and args.train_steps is None and preset.train_steps != base.train_steps:
-        logger.warning("No bf16 autocast here: %d fp32 steps instead of the %r preset's %d under bf16",
-                       preset.train_steps, args.preset, base.train_steps)  # fmt: skip
+    if base.bf16 and not preset.bf16 and base.fp32_fallback is not None:
+        changed = differing_keys(asdict(preset), asdict(replace(base, fp32_fallback=None, bf16=False)))
+        logger.warning("No bf16 autocast here: the %r preset trains its fp32 fallback, which differs in %s",
+                       args.preset, ", ".join(f"{k}={getattr(preset, k)}" for k in changed))  # fmt: skip
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
     if "save_steps" not in explicit:  # checkpoint where we evaluate, whichever way eval_steps was set
@@ -174,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
             AirRepModel.from_encoder(args.base_encoder).save_pretrained(initial)
     model = SentenceTransformer(str(initial), trust_remote_code=True)
     base = model[0].auto_model.config.base_model
+    if preset.dropout is not None:
+        set_dropout(model[0].auto_model, preset.dropout)
     cache = None
     if preset.frozen_layers:
         cache = freeze_lower_layers(model, data, preset.frozen_layers)

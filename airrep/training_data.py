@@ -203,6 +203,19 @@ def _longest_first(features: dict[str, Any], positions: list[int]) -> tuple[dict
     return sorted_features, rank[torch.tensor(positions, dtype=torch.long)].tolist()
 
 
+def set_dropout(airrep: torch.nn.Module, p: float) -> None:
+    """Give every dropout of ``airrep`` (an AirRepModel) probability ``p``, and record it in its config.
+
+    BERT's modules read their rate when they are built, so changing the config alone would not do.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    for module in airrep.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    airrep.config.hidden_dropout_prob = airrep.config.attention_probs_dropout_prob = p
+
+
 def freeze_lower_layers(model, data: LabelsData, layers: int) -> FrozenLayerCache:
     """Freeze the embeddings and the lower ``layers`` encoder layers of ``model`` (a SentenceTransformer
     around an AirRep), record that in its config, and cache their output for every text of ``data``."""

@@ -266,27 +266,69 @@ def test_a_bf16_preset_trains_under_autocast_unless_told_otherwise(labels, saved
     assert cosine > 0.99
 
 
-def test_without_bf16_kernels_a_bf16_preset_trains_its_fp32_steps_and_the_demo_reuses_it(labels, monkeypatch):
+def test_without_bf16_kernels_a_bf16_preset_trains_its_fp32_fallback_and_the_demo_reuses_it(
+    labels, saved_folder, monkeypatch, caplog
+):
     import dataclasses
 
     import airrep.demo
     import train_airrep
     from airrep.presets import TRAIN_PRESETS
 
-    preset = dataclasses.replace(TRAIN_PRESETS["smoke"], bf16=True, train_steps=3, fp32_train_steps=2, frozen_layers=5)
+    smoke = TRAIN_PRESETS["smoke"]
+    fallback = dataclasses.replace(smoke, train_steps=2, frozen_layers=4, learning_rate=3e-4, dropout=0.0)
+    preset = dataclasses.replace(smoke, bf16=True, train_steps=3, frozen_layers=5, fp32_fallback=fallback)
     monkeypatch.setitem(TRAIN_PRESETS, "smoke", preset)
     monkeypatch.setattr(train_airrep, "bf16_available", lambda: False)  # a CPU without bf16 kernels
     monkeypatch.setattr(airrep.demo, "bf16_available", lambda: False)
     output = labels.parent / "model-no-bf16"
-    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output)])
+    with caplog.at_level(logging.WARNING, logger="train_airrep"):
+        main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output)])
+    assert (
+        "trains its fp32 fallback, which differs in dropout=0.0, frozen_layers=4, learning_rate=0.0003" in caplog.text
+    )
     record = json.loads((output / "airrep_training.json").read_text())
-    assert (record["preset"]["bf16"], record["preset"]["train_steps"]) == (False, 2)
+    assert record["preset"] == {**dataclasses.asdict(fallback), "bf16": False}
     assert max(entry["step"] for entry in record["log_history"]) == 2
+    assert (
+        record["log_history"][0]["learning_rate"] > 0
+        and max(e.get("learning_rate", 0) for e in record["log_history"]) <= 3e-4
+    )
+    trained = AirRepModel.from_pretrained(output)
+    assert (trained.config.frozen_layers, trained.config.hidden_dropout_prob) == (4, 0.0)
+    before = AirRepModel.from_pretrained(saved_folder).state_dict()
+    changed = {name for name, p in trained.state_dict().items() if not torch.equal(p, before[name])}
+    assert any(name.startswith("bert.encoder.layer.4.") for name in changed)
+    assert not any(name.startswith("bert.encoder.layer.3.") for name in changed)
     folders = {"model": output, "report": labels.parent / "report"}
     airrep.demo._check_training_preset(folders, "smoke")  # what this machine trains: reused on a rerun
-    monkeypatch.setattr(airrep.demo, "bf16_available", lambda: True)  # a machine that would train 3 bf16 steps
-    with pytest.raises(ValueError, match=r"differ in \['bf16', 'train_steps'\]"):
+    monkeypatch.setattr(airrep.demo, "bf16_available", lambda: True)  # a machine that would train the bf16 preset
+    with pytest.raises(ValueError, match=r"differ in \['bf16', 'dropout', 'fp32_fallback', 'frozen_layers', "):
         airrep.demo._check_training_preset(folders, "smoke")
+
+
+def test_set_dropout_switches_every_dropout_and_records_it(model):
+    import copy
+
+    from airrep.training_data import set_dropout
+
+    airrep = copy.deepcopy(model).train()
+    batch = dict(
+        airrep.tokenizer(["a text long enough for dropout to show", "another"], padding=True, return_tensors="pt")
+    )
+
+    def twice():
+        with torch.no_grad():
+            return airrep(**batch).sentence_embedding, airrep(**batch).sentence_embedding
+
+    one, two = twice()
+    assert not torch.equal(one, two)  # MiniLM's own dropout, 0.1
+    set_dropout(airrep, 0.0)
+    one, two = twice()
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+    assert airrep.config.hidden_dropout_prob == airrep.config.attention_probs_dropout_prob == 0.0
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        set_dropout(airrep, 1.0)
 
 
 def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, capsys):
