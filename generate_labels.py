@@ -30,7 +30,7 @@ from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from airrep.corpus import write_corpus
+from airrep.corpus import fingerprint, write_corpus
 from airrep.hub import configs_yaml, write_parquet
 from airrep.ladder import scale_spec, target_lm_folder_name
 from airrep.lds import ceiling_from_twins
@@ -451,6 +451,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
                 records.get("pretrain", []),
                 [format_text(r) for split in records.values() for r in split],
                 preset.target_lm,
+                data_fingerprint=fingerprint(records),
             )
             target = str(target_folder)
         else:

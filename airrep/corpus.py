@@ -602,7 +602,7 @@ def fingerprint(records: dict[str, list[dict[str, Any]]]) -> str:
     digest = hashlib.sha256()
     for split in sorted(records):
         for record in records[split]:
-            digest.update(json.dumps(record, sort_keys=True).encode())
+            digest.update(json.dumps(record, sort_keys=True, default=str).encode())  # str: dates in a user corpus
     return digest.hexdigest()[:16]
 
 

@@ -287,11 +287,17 @@ def llama_config(spec: TargetLMSpec, vocab_size: int, pad_token_id: int = 0, eos
 
 
 def build_target_lm(
-    folder: str | Path, pretrain_records: Sequence[Mapping[str, Any]], all_texts: Sequence[str], spec: TargetLMSpec
+    folder: str | Path,
+    pretrain_records: Sequence[Mapping[str, Any]],
+    all_texts: Sequence[str],
+    spec: TargetLMSpec,
+    data_fingerprint: str | None = None,
 ) -> Path:
     """Train the tokenizer, warm-start a small Llama on ``pretrain_records`` and save both to ``folder``.
 
-    Reused as is when ``folder`` already holds a model built with the same spec.
+    Reused as is when ``folder`` already holds a model built with the same spec and, when
+    ``data_fingerprint`` (a content hash of the records it learns from) is given, from the same data:
+    a folder shared by two corpora would otherwise hand the second a model warmed on the first.
     """
     from transformers import LlamaForCausalLM
 
@@ -299,10 +305,16 @@ def build_target_lm(
     spec_file = folder / "target_lm_spec.json"
     if spec_file.exists():
         saved = json.loads(spec_file.read_text())
+        saved_data = saved.pop("data_fingerprint", None)  # absent in folders built before it was recorded
         if saved != asdict(spec):
             raise ValueError(
                 f"{folder} holds a target LM built with other settings ({saved}); "
                 f"remove it or choose another folder for {asdict(spec)}"
+            )
+        if data_fingerprint and saved_data and saved_data != data_fingerprint:
+            raise ValueError(
+                f"{folder} holds a target LM built from other data (fingerprint {saved_data}, not "
+                f"{data_fingerprint}); remove it, or write this corpus's labels under another parent folder"
             )
         logger.info("Reusing the target LM in %s", folder)
         return folder
@@ -365,7 +377,8 @@ byte-level BPE tokenizer of {len(tokenizer)} tokens trained on the corpus's text
 Spec: `{json.dumps(asdict(spec))}`
 """
     )
-    spec_file.write_text(json.dumps(asdict(spec), indent=2))
+    recorded = asdict(spec) | ({"data_fingerprint": data_fingerprint} if data_fingerprint else {})
+    spec_file.write_text(json.dumps(recorded, indent=2))
     return folder
 
 

@@ -452,6 +452,7 @@ def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_
     summary = run(LabelArguments(output_dir=str(tmp_path / "labels-lds"), preset="smoke", mode="lds",
                                  corpus=str(corpus), noise_ceiling=0))  # fmt: skip
     assert summary["pool"] == 60 and summary["labels"] == 8
+    load_summary = summary
     assert summary["corpus"]["warm_start"].startswith("20 of the corpus's 80 'train' records (share 0.25")
     card = (tmp_path / "labels-lds" / "README.md").read_text()
     assert "warm-started on 20 of the corpus's 80 'train' records" in card
@@ -462,6 +463,17 @@ def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_
     assert pool["prompt"] == [r["prompt"] for r in records["train"]]
     assert not set(pool["prompt"]) & {r["prompt"] for r in records["pretrain"]}
     assert np.isfinite(np.array(load(tmp_path / "labels-lds", "labels")["losses"])).all()
+
+    # The train labels of the same corpus reuse its target LM; another corpus in the same folder may not.
+    summary = run(LabelArguments(output_dir=str(tmp_path / "labels-train"), preset="smoke", mode="train",
+                                 corpus=str(corpus), noise_ceiling=0))  # fmt: skip
+    assert summary["pool"] == 60 and summary["corpus"]["warm_start"] == load_summary["corpus"]["warm_start"]
+    other = tmp_path / "other-corpus"
+    other.mkdir()
+    for name, rows in (("train", _records(80, 500)), ("test", test)):
+        (other / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"target-lm holds a target LM built from other data \(fingerprint "):
+        run(LabelArguments(output_dir=str(tmp_path / "labels-other"), preset="smoke", mode="lds", corpus=str(other)))
 
     same, line = hold_out_warm_start({"train": train, "test": test, "pretrain": train[:3]}, 0.25, 0)
     assert same["train"] == train and line == "the corpus's 'pretrain' split (3 records)"
