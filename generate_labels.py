@@ -260,7 +260,7 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
-    if "held out of the pool" in corpus.get("warm_start", ""):  # the pool itself depends on it
+    if corpus.get("held_out_of_pool"):  # the pool itself depends on the warm-start draw
         settings["warm_start"] = corpus["warm_start"]
     if bf16:  # a key of its own, named when it differs; absent, as before the option existed, for fp32
         settings["bf16"] = True
@@ -443,9 +443,9 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
     with state.main_process_first():  # the main process builds the shared corpus and target LM
         records, corpus = load_corpus(args, preset, work_dir)
         if args.target_lm is None:
+            n_train = len(records["train"])
             records, corpus["warm_start"] = hold_out_warm_start(records, args.warm_start_share, preset.corpus_seed)
-        pool, test = records["train"], records["test"]
-        if args.target_lm is None:
+            corpus["held_out_of_pool"] = n_train - len(records["train"])
             target_folder = build_target_lm(
                 work_dir / target_lm_folder_name(args.target_lm_scale),
                 records.get("pretrain", []),
@@ -456,6 +456,7 @@ def run(args: LabelArguments) -> dict[str, Any] | None:
             target = str(target_folder)
         else:
             target = args.target_lm
+        pool, test = records["train"], records["test"]
     model, tokenizer = load_target_lm(target)
     model.to(state.device)
     if preset.models_per_batch > 1:

@@ -451,8 +451,8 @@ def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_
         (corpus / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = run(LabelArguments(output_dir=str(tmp_path / "labels-lds"), preset="smoke", mode="lds",
                                  corpus=str(corpus), noise_ceiling=0))  # fmt: skip
-    assert summary["pool"] == 60 and summary["labels"] == 8
-    load_summary = summary
+    assert summary["pool"] == 60 and summary["labels"] == 8 and summary["corpus"]["held_out_of_pool"] == 20
+    lds_summary = summary
     assert summary["corpus"]["warm_start"].startswith("20 of the corpus's 80 'train' records (share 0.25")
     card = (tmp_path / "labels-lds" / "README.md").read_text()
     assert "warm-started on 20 of the corpus's 80 'train' records" in card
@@ -467,7 +467,7 @@ def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_
     # The train labels of the same corpus reuse its target LM; another corpus in the same folder may not.
     summary = run(LabelArguments(output_dir=str(tmp_path / "labels-train"), preset="smoke", mode="train",
                                  corpus=str(corpus), noise_ceiling=0))  # fmt: skip
-    assert summary["pool"] == 60 and summary["corpus"]["warm_start"] == load_summary["corpus"]["warm_start"]
+    assert summary["pool"] == 60 and summary["corpus"]["warm_start"] == lds_summary["corpus"]["warm_start"]
     other = tmp_path / "other-corpus"
     other.mkdir()
     for name, rows in (("train", _records(80, 500)), ("test", test)):
