@@ -13,7 +13,7 @@ from transformers import BertConfig
 
 DEFAULT_TEXT_TEMPLATE = "Question: {prompt}\nAnswer: {response}"
 DEFAULT_MAX_PROMPT_WORDS = 256
-GROUP_POOLINGS = ("attention", "sum")
+GROUP_POOLINGS = ("sum", "attention")  # sum first, as the columns of the paper's tables
 
 _SCHEMAS_HELP = (
     "instruction/input/output (Alpaca), inputs/targets (FLAN), prompt/response or prompt/completion, "

@@ -4,9 +4,9 @@
 
 Stages, each reused when the command runs again (a finished stage is skipped; a killed one resumes):
 
-1. the built-in corpus and target LM, then ``train``- and ``lds``-mode labels (``generate_labels.py``);
-2. AirRep trained on the ``train`` labels (``train_airrep.py``);
-3. LDS of AirRep and every baseline on the held-out ``lds`` labels (``eval_lds.py``).
+1. the built-in corpus and target LM, then ``train``- and ``lds``-mode labels (:mod:`airrep.labels`);
+2. AirRep trained on the ``train`` labels (:mod:`airrep.training`);
+3. LDS of AirRep and every baseline on the held-out ``lds`` labels (:mod:`airrep.evaluation`).
 
 It ends by printing the LDS table with the noise ceiling, the plot's path, the top attributions of
 two test queries, and the ``hf upload`` / ``from_pretrained`` lines for what it made.
@@ -22,12 +22,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import load_dataset
-from transformers import AutoModel, HfArgumentParser
+from transformers import AutoModel
 
+from airrep import cli
+from airrep.cli import UsageError
+from airrep.evaluation import EvalArguments, evaluate
+from airrep.labels import LabelArguments, generate_labels
 from airrep.outputs import differing_keys
-from airrep.precision import bf16_available
+from airrep.presets import TRAIN_PRESETS, bf16_available, for_precision
+from airrep.training import parse_arguments, train_airrep
 
-logger = logging.getLogger("airrep.demo")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,14 +53,12 @@ def _check_training_preset(folders: dict[str, Path], preset: str) -> None:
     The settings expected are those ``train_airrep.py`` uses on this machine: a bf16 preset trains in
     fp32, with its fp32 step count, where bf16 kernels are missing.
     """
-    from airrep.presets import TRAIN_PRESETS, for_precision
-
     settings = TRAIN_PRESETS[preset]
     expected = for_precision(settings, settings.bf16 and bf16_available())
     record = json.loads((folders["model"] / "airrep_training.json").read_text())
     differences = differing_keys(record.get("preset", {}), asdict(expected))
     if differences:
-        raise ValueError(
+        raise UsageError(
             f"{folders['model']} holds an AirRep trained with other settings than the {preset!r} preset's "
             f"(they differ in {differences}); remove it and {folders['report']} to train and score it "
             "again, or choose another --output_dir"
@@ -64,30 +67,24 @@ def _check_training_preset(folders: dict[str, Path], preset: str) -> None:
 
 def run_stages(args: DemoArguments) -> dict[str, Path]:
     """Run (or reuse) every stage; returns the folders it made."""
-    import eval_lds
-    import generate_labels
-    import train_airrep
-
     out = Path(args.output_dir)
     folders = {name: out / name for name in ("labels-train", "labels-lds", "model", "report")}
     timings = {}
     for mode in ("lds", "train"):
         tic = time.perf_counter()
-        generate_labels.run(
-            generate_labels.LabelArguments(output_dir=str(folders[f"labels-{mode}"]), preset=args.preset, mode=mode)
-        )
+        generate_labels(LabelArguments(output_dir=str(folders[f"labels-{mode}"]), preset=args.preset, mode=mode))
         timings[f"labels ({mode})"] = time.perf_counter() - tic
     tic = time.perf_counter()
     if (folders["model"] / "airrep_training.json").exists():
         _check_training_preset(folders, args.preset)
         logger.info("Reusing the trained AirRep in %s", folders["model"])
     else:
-        train_airrep.main(["--preset", args.preset, "--labels", str(folders["labels-train"]),
-                           "--output_dir", str(folders["model"])])  # fmt: skip
+        train_airrep(*parse_arguments(["--preset", args.preset, "--labels", str(folders["labels-train"]),
+                                       "--output_dir", str(folders["model"])]))  # fmt: skip
     timings["training"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    eval_lds.run(eval_lds.EvalArguments(labels=str(folders["labels-lds"]), output_dir=str(folders["report"]),
-                                        preset=args.preset, model=[str(folders["model"])]))  # fmt: skip
+    evaluate(EvalArguments(labels=str(folders["labels-lds"]), output_dir=str(folders["report"]), preset=args.preset,
+                           model=[str(folders["model"])]))  # fmt: skip
     timings["evaluation"] = time.perf_counter() - tic
     logger.info("stage wall times: %s", ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return folders
@@ -119,11 +116,10 @@ def report(folders: dict[str, Path], top_k: int) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+def main(argv: list[str]) -> None:
+    (args,) = cli.parse(DemoArguments, argv)
     report(run_stages(args), args.top_k)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(cli.run(main, prog="python -m airrep.demo"))

@@ -5,7 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from airrep.target_lm import TargetLMSpec
+import torch
+
+from airrep.labels.subset_training import SFTSettings
+from airrep.labels.target_lm import TargetLMSpec
+
+
+def bf16_available() -> bool:
+    """Whether bf16 autocast has fast kernels here: on the GPU if there is one, else oneDNN's on the CPU.
+
+    Without them (an older CPU) autocast emulates bf16 and runs slower than fp32, so presets that ask for
+    bf16 fall back to fp32 there; an explicit ``--bf16`` flag is obeyed either way.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return not torch.accelerator.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass(frozen=True)
@@ -24,13 +38,13 @@ class LabelPreset:
     # mode lds: random halves of the pool scored on held-out test queries
     lds_subsets: int
     lds_queries: int
-    # SFT of each subset model
-    epochs: int = 1
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    weight_decay: float = 0.0
+    # SFT of each subset model (airrep.labels.subset_training.SFTSettings: its defaults, by default)
+    epochs: int = SFTSettings.epochs
+    learning_rate: float = SFTSettings.learning_rate
+    batch_size: int = SFTSettings.batch_size
+    weight_decay: float = SFTSettings.weight_decay
     models_per_batch: int = 4
-    # bf16 autocast for the subset models where bf16 kernels exist (airrep.precision.bf16_available).
+    # bf16 autocast for the subset models where bf16 kernels exist (airrep.presets.bf16_available).
     bf16: bool = False
     noise_ceiling: int = 0
     seed: int = 0

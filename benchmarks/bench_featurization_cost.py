@@ -1,12 +1,12 @@
 """Featurization cost against target-LM size: gradient methods on every rung of the target-LM ladder
-(``airrep.ladder``) up to the Qwen2.5-0.5B architecture, against AirRep's encoder, in one run.
+(``airrep.labels.ladder``) up to the Qwen2.5-0.5B architecture, against AirRep's encoder, in one run.
 
 Rungs ``x1``, ``x10``, ``x100`` are the built-in Llama target LM of a label preset (default ``demo``)
 grown to 1x, 10x and 100x its parameters; ``qwen2.5-0.5b`` is Qwen2.5-0.5B's architecture (24 layers,
 d=896, 151,936-token vocabulary, 494M parameters). All have random weights: the cost of a forward and
 backward pass does not depend on the weights. On every rung:
 
-- ``logra``: LoGra exactly as ``eval_lds.py`` runs it (``airrep.gradient_methods.LoGra``): one forward
+- ``logra``: LoGra exactly as ``eval_lds.py`` runs it (``airrep.evaluation.gradient_methods.LoGra``): one forward
   and one backward to the activations per batch, and a Kronecker-factored projection of every linear
   layer's gradient to about ``--logra_dim`` numbers.
 - ``grad-dot``: per-example gradients (``torch.func`` vmap) and the sparse random projection to
@@ -37,12 +37,12 @@ import time
 import numpy as np
 import torch
 
-from airrep.gradient_methods import GradientProjector, LoGra, examples_per_call, projected_gradients
-from airrep.ladder import QWEN25_05B, all_crossings, rung_factor, scale_spec
-from airrep.ladder_report import cost_curve_plot
+from airrep.evaluation.gradient_methods import GradientProjector, LoGra, examples_per_call, projected_gradients
+from airrep.evaluation.ladder import all_crossings, cost_curve_plot
+from airrep.labels.ladder import QWEN25_05B, rung_factor, scale_spec
+from airrep.labels.target_lm import IGNORE_INDEX, SFTExample, llama_config
 from airrep.outputs import write_json
 from airrep.presets import LABEL_PRESETS
-from airrep.target_lm import IGNORE_INDEX, SFTExample, llama_config
 from benchmarks.bench_encode import stdlib_records
 from configuration_airrep import format_text
 from modeling_airrep import AirRepConfig, AirRepModel

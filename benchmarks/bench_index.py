@@ -1,6 +1,6 @@
 """Top-100 query latency over 1 million 384-dimensional float16 embeddings: exact search against FAISS.
 
-In one run, on the same corpus and queries (``airrep.index.EmbeddingIndex``):
+In one run, on the same corpus and queries (``airrep.serving.index.EmbeddingIndex``):
 
 - ``exact``: chunked matrix products over the float16 corpus (:func:`modeling_airrep.top_k`), the reference;
 - ``faiss-flat``: FAISS's exact inner-product search over a float32 copy;
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from airrep.index import EmbeddingIndex, recall_at_k
+from airrep.serving.index import EmbeddingIndex, recall_at_k
 
 
 def mixture(rng: np.random.Generator, n: int, dim: int, centers: np.ndarray, noise: float) -> np.ndarray:

@@ -9,7 +9,7 @@ shaped as vmap returns them for the rung's Llama (``(batch, *parameter.shape)``)
 - scikit-learn: concatenate them into ``(batch, n_features)`` (what ``eval_lds.py`` did before) and
   ``transform``, which multiplies by the matrix stored by output number after transposing the batch;
 - ours: concatenate them transposed, feature-major, and multiply by the matrix stored by input feature
-  (``GradientProjector.project_feature_major``), as ``airrep.gradient_methods.project_gradients`` does.
+  (``GradientProjector.project_feature_major``), as ``airrep.evaluation.gradient_methods.project_gradients`` does.
 
 The batch is what ``eval_lds.py`` would take at that size (``examples_per_call`` with 16 and 6 GiB).
 For each size the benchmark builds the projector once, times both sides (median of ``--repeats``),
@@ -30,10 +30,10 @@ import torch
 from sklearn.random_projection import SparseRandomProjection
 from transformers import LlamaForCausalLM
 
-from airrep.gradient_methods import GradientProjector, examples_per_call
-from airrep.ladder import rung_factor, scale_spec
+from airrep.evaluation.gradient_methods import GradientProjector, examples_per_call
+from airrep.labels.ladder import rung_factor, scale_spec
+from airrep.labels.target_lm import llama_config
 from airrep.presets import LABEL_PRESETS
-from airrep.target_lm import llama_config
 
 
 def median_seconds(function, repeats: int) -> tuple[np.ndarray, float]:

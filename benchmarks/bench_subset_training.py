@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from airrep.corpus import generate_split_records
+from airrep.labels.corpus import generate_split_records
+from airrep.labels.subset_training import SFTSettings, train_and_score
+from airrep.labels.target_lm import sft_example, train_tokenizer
 from airrep.presets import LABEL_PRESETS
-from airrep.subset_training import SFTSettings, train_and_score
-from airrep.target_lm import sft_example, train_tokenizer
 from configuration_airrep import format_text
 
 

@@ -60,8 +60,9 @@ def one_variant(
     from accelerate import Accelerator
     from sentence_transformers import SentenceTransformer
 
-    from airrep.ranking_loss import AirRepRankingLoss
-    from airrep.training_data import AirRepDataCollator, freeze_lower_layers, load_labels, sample_rows
+    from airrep.labels.dataset import load_labels
+    from airrep.training.data import AirRepDataCollator, freeze_lower_layers, sample_rows
+    from airrep.training.ranking_loss import AirRepRankingLoss
     from modeling_airrep import AirRepModel
 
     data = load_labels(labels)

@@ -3,10 +3,9 @@ labels of both modes, and an eval_lds.py report over the lds ones."""
 
 import pytest
 
-from eval_lds import EvalArguments
-from eval_lds import run as evaluate
-from generate_labels import LabelArguments
-from generate_labels import run as generate
+from airrep.evaluation import EvalArguments, evaluate
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as generate
 from modeling_airrep import AirRepModel
 
 

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard
 from sentence_transformers import SentenceTransformer
 from transformers import GPT2Config
 
-from airrep.hub import install_in_offline_cache
+from airrep.outputs import install_in_offline_cache
 from configuration_airrep import RecordFormatError
 from modeling_airrep import AirRepModel
 

@@ -1,4 +1,4 @@
-"""airrep.compare_reports on the smoke eval report: paired differences against scipy, the choice of
+"""airrep.evaluation.compare_reports on the smoke eval report: paired differences against scipy, the choice of
 pooling, and clear errors."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from datasets import load_dataset
 from scipy.stats import spearmanr
 
-from airrep.compare_reports import compare, main
+from airrep.evaluation.compare_reports import compare, main
 
 
 def _per_query_lds(scores: np.ndarray, losses: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 import random
 from collections import Counter
 
-from airrep.corpus import FAMILIES, fingerprint, generate_split_records, write_corpus
+from airrep.labels.corpus import FAMILIES, fingerprint, generate_split_records, write_corpus
 from configuration_airrep import format_text
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from datasets import load_dataset
 
-from airrep.corpus import write_corpus
-from airrep.embeddings import encode_corpus
-from airrep.index import EmbeddingIndex, recall_at_k
+from airrep.labels.corpus import write_corpus
+from airrep.serving.embeddings import encode_corpus
+from airrep.serving.index import EmbeddingIndex, recall_at_k
 from configuration_airrep import format_text
 
 REPO = Path(__file__).parents[1]
@@ -56,7 +56,7 @@ def test_embeddings_dataset_holds_every_row_once_with_the_model_vectors(one_proc
 
 def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, saved_folder):
     out = corpus.parent / "two-processes"
-    process = _spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.embeddings",
+    process = _spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.serving.embeddings",
                       "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir", str(out),
                       "--shard_size", "32", "--batch_size", "16"], ACCELERATE_USE_CPU="1")  # fmt: skip
     _, err = process.communicate(timeout=600)
@@ -76,7 +76,7 @@ def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, sav
 
 def test_killed_encode_resumes_without_duplicates_or_gaps(one_process, corpus, saved_folder):
     out = corpus.parent / "killed"
-    args = ["-m", "airrep.embeddings", "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir",
+    args = ["-m", "airrep.serving.embeddings", "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir",
             str(out), "--shard_size", "8", "--batch_size", "8"]  # fmt: skip
     process = _spawn(args)
     deadline = time.time() + 300

@@ -10,19 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airrep.eval_report import recompute_lds
-from airrep.training_data import LabelsFormatError
-from eval_lds import (
-    METHODS,
-    EvalArguments,
-    Featurized,
-    base_normalises,
-    classify,
-    load_eval_data,
-    main,
-    run,
-    weights_sha256,
-)
+from airrep.evaluation import METHODS, EvalArguments, Featurized, load_eval_data
+from airrep.evaluation import evaluate as run
+from airrep.evaluation.methods import base_normalises, weights_sha256
+from airrep.evaluation.report import recompute_lds
+from airrep.evaluation.runner import classify
+from airrep.labels.dataset import LabelsFormatError
+
+
+def main(argv: list[str]) -> int:
+    """eval_lds.py with ``argv`` in a subprocess; its exit status."""
+    return subprocess.run([sys.executable, "eval_lds.py", *argv], check=False).returncode
 
 
 def test_every_method_and_pooling_is_reported(report):
@@ -181,12 +179,12 @@ def test_score_matrix_methods_pool_like_embedding_methods():
 
 
 def test_labels_load_by_repo_id_from_an_offline_hub_cache(labels, tmp_path):
-    from airrep.hub import install_in_offline_cache
+    from airrep.outputs import install_in_offline_cache
 
     cache = tmp_path / "hub"
     install_in_offline_cache(labels / "labels-lds", "org/airrep-labels-smoke", cache, repo_type="dataset")
     code = (
-        "from eval_lds import load_eval_data; d = load_eval_data('org/airrep-labels-smoke'); "
+        "from airrep.evaluation import load_eval_data; d = load_eval_data('org/airrep-labels-smoke'); "
         "print(d.losses.shape, d.summary['mode'])"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -15,10 +15,11 @@ import pytest
 import torch
 from datasets import Dataset, load_dataset
 
-from airrep.corpus import generate_split_records
-from airrep.hub import install_in_offline_cache
-from airrep.subset_training import SFTSettings, finetune, train_and_score
-from airrep.target_lm import (
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as run
+from airrep.labels.corpus import generate_split_records
+from airrep.labels.subset_training import SFTSettings, finetune, train_and_score
+from airrep.labels.target_lm import (
     IGNORE_INDEX,
     SFTExample,
     collate_packed,
@@ -32,8 +33,8 @@ from airrep.target_lm import (
     token_losses,
     train_tokenizer,
 )
+from airrep.outputs import install_in_offline_cache
 from configuration_airrep import RecordFormatError, format_text
-from generate_labels import LabelArguments, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def test_other_settings_are_refused(work):
 
 
 def test_a_bf16_preset_runs_bf16_where_the_kernels_exist_unless_told_otherwise(work, monkeypatch):
-    import generate_labels
+    from airrep.labels import generation
     from airrep.presets import LABEL_PRESETS
 
     monkeypatch.setitem(LABEL_PRESETS, "smoke", dataclasses.replace(LABEL_PRESETS["smoke"], bf16=True))
@@ -131,10 +132,10 @@ def test_a_bf16_preset_runs_bf16_where_the_kernels_exist_unless_told_otherwise(w
         assert settings.get("bf16", False) == summary["settings"]["bf16"]  # the record says what ran
         return summary["precision"]
 
-    monkeypatch.setattr(generate_labels, "bf16_available", lambda: True)
+    monkeypatch.setattr(generation, "bf16_available", lambda: True)
     assert precision("labels-bf16-preset") == "bf16 autocast"
     assert precision("labels-bf16-flag-off", bf16=False) == "fp32"  # the explicit flag wins
-    monkeypatch.setattr(generate_labels, "bf16_available", lambda: False)  # a CPU without bf16 kernels
+    monkeypatch.setattr(generation, "bf16_available", lambda: False)  # a CPU without bf16 kernels
     assert precision("labels-bf16-no-kernels") == "fp32"
     one, two = (load(work / name, "labels")["losses"] for name in ("labels-bf16-preset", "labels-bf16-no-kernels"))
     assert one != two and np.allclose(one, two, atol=0.1)  # autocast ran, and differs by rounding only
@@ -442,7 +443,7 @@ def test_any_causal_lm_folder_can_be_the_target(work, tmp_path):
 def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_held_out_share(tmp_path):
     """Most corpora have no 'pretrain' split: a seeded share of 'train' warm-starts the built-in target
     LM and leaves the pool (it used to divide by zero in the warm start)."""
-    from generate_labels import hold_out_warm_start
+    from airrep.labels.generation import hold_out_warm_start
 
     corpus = tmp_path / "my-corpus"
     corpus.mkdir()

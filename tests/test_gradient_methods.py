@@ -12,7 +12,7 @@ from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from airrep.gradient_methods import (
+from airrep.evaluation.gradient_methods import (
     GradientProjector,
     LoGra,
     examples_per_call,
@@ -20,8 +20,8 @@ from airrep.gradient_methods import (
     projected_gradients,
     tracin_features,
 )
-from airrep.subset_training import SFTSettings, finetune, train_and_score
-from airrep.target_lm import IGNORE_INDEX, SFTExample, collate, response_losses
+from airrep.labels.subset_training import SFTSettings, finetune, train_and_score
+from airrep.labels.target_lm import IGNORE_INDEX, SFTExample, collate, response_losses
 
 PAD = 0
 

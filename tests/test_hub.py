@@ -2,7 +2,7 @@
 
 from datasets import Dataset, load_dataset
 
-from airrep.hub import configs_yaml, write_parquet
+from airrep.outputs import configs_yaml, write_parquet
 
 
 def _folder(path, values):

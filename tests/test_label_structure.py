@@ -1,4 +1,4 @@
-"""airrep.label_structure on smoke labels: the metadata oracle and the matched/unmatched split of a
+"""airrep.evaluation.label_structure on smoke labels: the metadata oracle and the matched/unmatched split of a
 report, each against an independent computation, and its errors."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 from datasets import load_dataset
 from scipy.stats import spearmanr
 
-from airrep.label_structure import analyse, main
-from airrep.training_data import LabelsFormatError
+from airrep.evaluation.label_structure import analyse, main
+from airrep.labels.dataset import LabelsFormatError
 
 
 def _spearman_or_zero(x: np.ndarray, y: np.ndarray) -> float:

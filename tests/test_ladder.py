@@ -16,15 +16,14 @@ import torch
 from scipy.stats import spearmanr
 from transformers import LlamaForCausalLM
 
-from airrep.ladder import cost_crossings, count_parameters, ladder, rung_factor, rung_name, scale_spec
-from airrep.ladder_report import ReportMismatchError
+from airrep.evaluation import EvalArguments, evaluate, load_eval_data
+from airrep.evaluation.ladder import LadderReportArguments, ReportMismatchError, cost_crossings, parse_rungs
+from airrep.evaluation.ladder import build_ladder_report as build
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as generate
+from airrep.labels.ladder import count_parameters, ladder, rung_factor, rung_name, scale_spec
+from airrep.labels.target_lm import llama_config
 from airrep.presets import LABEL_PRESETS
-from airrep.target_lm import llama_config
-from eval_lds import EvalArguments, load_eval_data
-from eval_lds import run as evaluate
-from generate_labels import LabelArguments
-from generate_labels import run as generate
-from ladder_report import LadderReportArguments, build, parse_rungs
 
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "bench"])

@@ -7,7 +7,8 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from airrep.ranking_loss import AirRepRankingLoss, normalise_losses, ranknet_loss
+from airrep.labels.dataset import normalise_losses
+from airrep.training.ranking_loss import AirRepRankingLoss, ranknet_loss
 
 
 def reference_labels(losses, clip=10.0):

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from datasets import load_dataset
 
-from airrep.space_corpus import BUILTIN_POOL, builtin_pool_records
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as generate
+from airrep.serving.space_corpus import BUILTIN_POOL, builtin_pool_records
 from configuration_airrep import format_text
-from generate_labels import LabelArguments
-from generate_labels import run as generate
 
 SPACE = Path(__file__).parents[1] / "space"
 QUERIES = [("What is 12 plus 30?", "42"), ("Reverse the word 'planet'.", "tenalp"),

@@ -14,12 +14,20 @@ import torch
 from datasets import load_dataset
 from huggingface_hub import ModelCard
 
-from airrep.hub import configs_yaml, write_parquet
-from airrep.training_data import LabelsFormatError, load_labels, sample_rows
-from airrep.validate import validate
-from generate_labels import LabelArguments, run
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as run
+from airrep.labels.dataset import LabelsFormatError, load_labels
+from airrep.outputs import configs_yaml, write_parquet
+from airrep.serving.validate import validate
+from airrep.training import parse_arguments, train_airrep
+from airrep.training.data import sample_rows
 from modeling_airrep import AirRepModel
-from train_airrep import main
+
+
+def main(argv: list[str]) -> Path:
+    """What train_airrep.py does with ``argv``, in this process."""
+    return train_airrep(*parse_arguments(argv))
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -166,7 +174,7 @@ def _text_column(batch: dict) -> dict:
 def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, saved_folder):
     from sentence_transformers import SentenceTransformer
 
-    from airrep.training_data import AirRepDataCollator, FrozenLayerCache
+    from airrep.training.data import AirRepDataCollator, FrozenLayerCache
 
     data = load_labels(str(labels))
     model = SentenceTransformer(str(saved_folder), trust_remote_code=True).eval()
@@ -189,8 +197,8 @@ def test_cached_frozen_layers_feed_the_same_embeddings_as_token_ids(labels, save
 def test_a_step_column_runs_longest_first_and_the_loss_ignores_the_order(labels, saved_folder):
     from sentence_transformers import SentenceTransformer
 
-    from airrep.ranking_loss import AirRepRankingLoss
-    from airrep.training_data import AirRepDataCollator
+    from airrep.training.data import AirRepDataCollator
+    from airrep.training.ranking_loss import AirRepRankingLoss
 
     data = load_labels(str(labels))
     model = SentenceTransformer(str(saved_folder), trust_remote_code=True).eval()
@@ -241,13 +249,13 @@ def test_training_over_frozen_layers_changes_only_the_layers_above(labels, saved
 def test_a_bf16_preset_trains_under_autocast_unless_told_otherwise(labels, saved_folder, monkeypatch):
     import dataclasses
 
-    import train_airrep
     from airrep.presets import TRAIN_PRESETS
+    from airrep.training import trainer
 
     monkeypatch.setitem(TRAIN_PRESETS, "smoke", dataclasses.replace(TRAIN_PRESETS["smoke"], bf16=True))
     # The branch of a CPU with bf16 kernels, on any machine: without them autocast emulates bf16 (slowly)
     # but rounds the same way. The next test takes the other branch.
-    monkeypatch.setattr(train_airrep, "bf16_available", lambda: True)
+    monkeypatch.setattr(trainer, "bf16_available", lambda: True)
     flags = ["--preset", "smoke", "--labels", str(labels), "--frozen_layers", "5", "--train_steps", "2"]
     main([*flags, "--output_dir", str(labels.parent / "model-bf16")])
     main([*flags, "--output_dir", str(labels.parent / "model-fp32"), "--bf16", "False"])  # the flag wins
@@ -272,17 +280,17 @@ def test_without_bf16_kernels_a_bf16_preset_trains_its_fp32_fallback_and_the_dem
     import dataclasses
 
     import airrep.demo
-    import train_airrep
     from airrep.presets import TRAIN_PRESETS
+    from airrep.training import trainer
 
     smoke = TRAIN_PRESETS["smoke"]
     fallback = dataclasses.replace(smoke, train_steps=2, frozen_layers=4, learning_rate=3e-4, dropout=0.0)
     preset = dataclasses.replace(smoke, bf16=True, train_steps=3, frozen_layers=5, fp32_fallback=fallback)
     monkeypatch.setitem(TRAIN_PRESETS, "smoke", preset)
-    monkeypatch.setattr(train_airrep, "bf16_available", lambda: False)  # a CPU without bf16 kernels
+    monkeypatch.setattr(trainer, "bf16_available", lambda: False)  # a CPU without bf16 kernels
     monkeypatch.setattr(airrep.demo, "bf16_available", lambda: False)
     output = labels.parent / "model-no-bf16"
-    with caplog.at_level(logging.WARNING, logger="train_airrep"):
+    with caplog.at_level(logging.WARNING, logger="airrep.training.trainer"):
         main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output)])
     assert (
         "trains its fp32 fallback, which differs in dropout=0.0, frozen_layers=4, learning_rate=0.0003" in caplog.text
@@ -310,7 +318,7 @@ def test_without_bf16_kernels_a_bf16_preset_trains_its_fp32_fallback_and_the_dem
 def test_set_dropout_switches_every_dropout_and_records_it(model):
     import copy
 
-    from airrep.training_data import set_dropout
+    from airrep.training.data import set_dropout
 
     airrep = copy.deepcopy(model).train()
     batch = dict(
@@ -332,9 +340,9 @@ def test_set_dropout_switches_every_dropout_and_records_it(model):
 
 
 def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, capsys):
-    from airrep.compare_validation import UNTRAINED, compare, held_out_splits
-    from airrep.compare_validation import main as compare_main
-    from airrep.lds_evaluator import LDSEvaluator
+    from airrep.evaluation.compare_validation import UNTRAINED, compare, held_out_splits
+    from airrep.evaluation.compare_validation import main as compare_main
+    from airrep.training.lds_evaluator import LDSEvaluator
 
     splits = held_out_splits([UNTRAINED, str(trained)])
     assert splits == json.loads((trained / "airrep_training.json").read_text())["held_out_splits"]
@@ -355,7 +363,7 @@ def test_validation_comparison_is_paired_on_the_same_queries(trained, labels, ca
 
 
 def test_validation_comparison_refuses_mismatched_inputs(trained, labels, tmp_path):
-    from airrep.compare_validation import UNTRAINED, compare, held_out_splits
+    from airrep.evaluation.compare_validation import UNTRAINED, compare, held_out_splits
 
     other = tmp_path / "other"
     shutil.copytree(trained, other)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from airrep.validate import main, validate
-from generate_labels import LabelArguments
-from generate_labels import run as generate
+from airrep.labels import LabelArguments
+from airrep.labels import generate_labels as generate
+from airrep.serving.validate import main, validate
 
 SPACE = Path(__file__).parents[1] / "space"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airrep.hub import configs_yaml, write_parquet
+from airrep.outputs import configs_yaml, write_parquet
 
 CORPUS_NAME = "airrep-synthetic-flan"
 SPLITS = ("pretrain", "train", "test")
@@ -635,7 +635,7 @@ tags:
 
 A seeded, FLAN-like mixture of {len(FAMILIES)} instruction task families in
 {len(summary["categories"])} categories ({", ".join(summary["categories"])}), built offline by AirRep-Hub
-(`airrep/corpus.py`). Answers are computed, not sampled. Records use the FLAN schema
+(`airrep/labels/corpus.py`). Answers are computed, not sampled. Records use the FLAN schema
 (`inputs`, `targets`) with `id`, `task`, `category` and `template` (the paraphrase used).
 
 - Seed: {seed}; fingerprint: `{summary["fingerprint"]}`

@@ -12,8 +12,7 @@ import numpy as np
 
 from airrep.lds import lds_summary
 from airrep.outputs import save_figure
-
-POOLINGS = ("sum", "attention")
+from configuration_airrep import GROUP_POOLINGS
 
 
 def scores_path(folder: str | os.PathLike, method: str, pooling: str) -> Path:
@@ -117,7 +116,7 @@ def bar_chart(results: dict[str, Any], path: Path) -> None:
     names = list(results["methods"])
     width = 0.38
     figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
-    for offset, pooling in zip((-width / 2, width / 2), POOLINGS, strict=True):
+    for offset, pooling in zip((-width / 2, width / 2), GROUP_POOLINGS, strict=True):
         values, low, high = [], [], []
         for name in names:
             entry = results["methods"][name].get(pooling) or {"lds": np.nan, "ci": [np.nan, np.nan]}

@@ -3,112 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
-from airrep.ranking_loss import normalise_losses
+from airrep.labels.dataset import LabelsData
 
 logger = logging.getLogger(__name__)
-
-LABEL_COLUMNS = ("pair_id", "split_id", "subset", "queries", "losses")
-
-
-class LabelsFormatError(ValueError):
-    """A labels dataset does not follow the contract of DESIGN.md section 4."""
-
-
-@dataclass
-class Split:
-    """One cross-validation split: its queries, its subsets and their normalised labels."""
-
-    split_id: int
-    queries: np.ndarray  # (n_queries,) rows of the queries config
-    subsets: list[np.ndarray]  # K_total arrays of pool rows
-    losses: np.ndarray  # (K_total, n_queries) recorded losses, NaN where excluded
-    targets: np.ndarray  # (K_total, n_queries) normalised, clipped labels
-
-
-@dataclass
-class LabelsData:
-    source: str
-    pool_texts: list[str]
-    query_texts: list[str]
-    splits: dict[int, Split]
-    excluded_nan: int
-
-
-def _load_config(source: str, config: str) -> Dataset:
-    try:
-        return load_dataset(source, config, split="train")
-    except ValueError as error:
-        if "BuilderConfig" in str(error) or "not found" in str(error).lower():
-            raise LabelsFormatError(f"{source}: the labels dataset has no config {config!r} ({error})") from None
-        raise
-
-
-def load_labels(source: str) -> LabelsData:
-    """Read and validate a labels dataset (a folder or a Hub id); NaN losses are excluded with a warning.
-
-    Raises:
-        LabelsFormatError: a config or column is missing, an index is out of range, or a split has
-            fewer than 2 subsets.
-    """
-    pool, queries, labels = (_load_config(source, c) for c in ("pool", "queries", "labels"))
-    for name, table, needed in (
-        ("pool", pool, ("text",)),
-        ("queries", queries, ("text",)),
-        ("labels", labels, LABEL_COLUMNS),
-    ):
-        missing = [c for c in needed if c not in table.column_names]
-        if missing:
-            raise LabelsFormatError(
-                f"{source}: config {name!r} lacks the column(s) {missing}; it has {table.column_names}"
-            )
-    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    excluded = 0
-    for row in labels:
-        subset, query_rows = np.asarray(row["subset"], dtype=np.int64), np.asarray(row["queries"], dtype=np.int64)
-        losses = np.asarray(row["losses"], dtype=np.float64)
-        where = f"{source}: labels row {row['pair_id']!r}"
-        for what, indices, size in (("subset", subset, pool.num_rows), ("query", query_rows, queries.num_rows)):
-            bad = indices[(indices < 0) | (indices >= size)]
-            if bad.size:
-                raise LabelsFormatError(f"{where}: {what} index {bad[0]} is out of range for {size} rows")
-        if losses.shape != query_rows.shape:
-            raise LabelsFormatError(f"{where}: {losses.size} losses for {query_rows.size} queries")
-        excluded += int((~np.isfinite(losses)).sum())
-        rows[int(row["split_id"])].append({"subset": subset, "queries": query_rows, "losses": losses})
-    if excluded:
-        logger.warning("%s: %d non-finite loss value(s) excluded from the labels", source, excluded)
-
-    splits: dict[int, Split] = {}
-    for split_id, members in sorted(rows.items()):
-        if len(members) < 2:
-            raise LabelsFormatError(
-                f"{source}: split {split_id} has {len(members)} subset(s); ranking needs at least 2"
-            )
-        split_queries = np.unique(np.concatenate([m["queries"] for m in members]))
-        column = {q: i for i, q in enumerate(split_queries.tolist())}
-        losses = np.full((len(members), split_queries.size), np.nan)
-        for k, m in enumerate(members):
-            finite = np.isfinite(m["losses"])
-            losses[k, [column[q] for q in m["queries"][finite].tolist()]] = m["losses"][finite]
-        splits[split_id] = Split(
-            split_id, split_queries, [m["subset"] for m in members], losses, normalise_losses(losses)
-        )
-    return LabelsData(source, pool["text"], queries["text"], splits, excluded)
-
-
-def lds_split(data: LabelsData) -> Split:
-    """The one split of ``lds``-mode labels, the labels an ``eval_lds.py`` report is scored on."""
-    if len(data.splits) != 1:
-        raise ValueError(f"{data.source} has {len(data.splits)} splits; reports are scored on lds labels (one split)")
-    return next(iter(data.splits.values()))
 
 
 def sample_rows(

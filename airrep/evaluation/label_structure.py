@@ -10,7 +10,7 @@ explains far more than the count of members from the query's task.
 Given an ``eval_lds.py`` report over the same ``lds`` labels, it also splits every saved method's
 per-query LDS between the queries whose value occurs in the pool and those whose value does not.
 
-    python -m airrep.label_structure --labels out/demo/labels-lds --columns task targets \\
+    python -m airrep.evaluation.label_structure --labels out/demo/labels-lds --columns task targets \\
         --report out/demo/report --by targets
 
 With ``train``-mode labels, pass the validation splits (``--splits 2 4``); a report needs ``lds`` labels.
@@ -18,17 +18,22 @@ With ``train``-mode labels, pass the validation splits (``--splits 2 4``); a rep
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
+from argparse import RawDescriptionHelpFormatter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from datasets import load_dataset
 
-from airrep.eval_report import POOLINGS, format_lds, load_scores, saved_scores
+from airrep import cli
+from airrep.cli import UsageError
+from airrep.evaluation.report import format_lds, load_scores, saved_scores
+from airrep.labels.dataset import LabelsData, LabelsFormatError, Split, lds_split, load_labels
 from airrep.lds import bootstrap_ci, lds
 from airrep.outputs import write_json
-from airrep.training_data import LabelsData, LabelsFormatError, Split, lds_split, load_labels
+from configuration_airrep import GROUP_POOLINGS
 from modeling_airrep import group_influence
 
 logger = logging.getLogger(__name__)
@@ -54,7 +59,7 @@ def _selected_splits(data: LabelsData, splits: list[int] | None) -> list[int]:
         return sorted(data.splits)
     unknown = [s for s in splits if s not in data.splits]
     if unknown:
-        raise ValueError(f"{data.source} has no split(s) {unknown}; it has {sorted(data.splits)}")
+        raise UsageError(f"{data.source} has no split(s) {unknown}; it has {sorted(data.splits)}")
     return splits
 
 
@@ -156,23 +161,30 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for method, poolings in result["methods"].items():
-            for pooling in (p for p in POOLINGS if p in poolings):
+            for pooling in (p for p in GROUP_POOLINGS if p in poolings):
                 cells = " | ".join(format_lds(poolings[pooling][group]) for group in ("all", "matched", "unmatched"))
                 lines.append(f"| {method} | {pooling} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labels", required=True, help="labels dataset folder or Hub id")
-    parser.add_argument("--columns", nargs="+", required=True, help="metadata columns of pool and queries")
-    parser.add_argument("--splits", nargs="+", type=int, default=None, help="split ids to score (default: all)")
-    parser.add_argument("--report", default=None, help="an eval_lds.py report folder over the same lds labels")
-    parser.add_argument("--by", default=None, help="column that splits the report's queries (default: the first)")
-    parser.add_argument("--n_resamples", type=int, default=1000)
-    parser.add_argument("--output", default=None, help="also write the result as JSON here")
-    args = parser.parse_args(argv)
+@dataclass
+class LabelStructureArguments:
+    labels: str = field(metadata={"help": "Labels dataset folder or Hub id."})
+    columns: list[str] = field(metadata={"help": "Metadata columns of pool and queries."})
+    splits: list[int] | None = field(default=None, metadata={"help": "Split ids to score (default: all)."})
+    report: str | None = field(
+        default=None, metadata={"help": "An eval_lds.py report folder over the same lds labels."}
+    )
+    by: str | None = field(
+        default=None, metadata={"help": "Column that splits the report's queries (default: the first)."}
+    )
+    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples."})
+    output: str | None = field(default=None, metadata={"help": "Also write the result as JSON here."})
+
+
+def main(argv: list[str]) -> None:
+    (args,) = cli.parse(LabelStructureArguments, argv, description=__doc__,
+                        formatter_class=RawDescriptionHelpFormatter)  # fmt: skip
     result = analyse(args.labels, args.columns, args.splits, args.report, args.by, args.n_resamples)
     print(markdown(result))
     if args.output:
@@ -180,4 +192,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m airrep.evaluation.label_structure"))

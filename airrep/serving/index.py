@@ -1,4 +1,4 @@
-"""Top-k and group-influence queries over an embeddings dataset (``airrep.embeddings``).
+"""Top-k and group-influence queries over an embeddings dataset (``airrep.serving.embeddings``).
 
 Exact search (chunked matrix products, :func:`modeling_airrep.top_k`) is the reference. FAISS
 (``faiss-cpu``) serves the same queries where it is faster: ``flat`` is FAISS's own exact
@@ -39,7 +39,7 @@ class EmbeddingIndex:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> EmbeddingIndex:
-        """Load an embeddings dataset folder written by ``airrep.embeddings`` (all shards, in order)."""
+        """Load an embeddings dataset folder written by ``airrep.serving.embeddings`` (all shards, in order)."""
         import pyarrow.parquet
 
         folder = Path(folder)

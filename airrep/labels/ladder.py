@@ -15,12 +15,10 @@ only (``QWEN25_05B``): it has no weights we could train here.
 
 from __future__ import annotations
 
-import itertools
-import math
 from dataclasses import replace
 from typing import Any
 
-from airrep.target_lm import TargetLMSpec
+from airrep.labels.target_lm import TargetLMSpec
 
 DEFAULT_FACTORS = (1, 10, 100)
 
@@ -57,7 +55,7 @@ def rung_factor(name: str) -> int:
 
 
 def count_parameters(spec: TargetLMSpec) -> int:
-    """Parameters of the Llama that :func:`airrep.target_lm.build_target_lm` builds from ``spec``.
+    """Parameters of the Llama that :func:`airrep.labels.target_lm.build_target_lm` builds from ``spec``.
 
     Closed form, checked against a built model in the tests: a tied embedding, per layer four square
     attention projections (no key/value grouping, no biases), a gated MLP of three matrices and two
@@ -113,46 +111,3 @@ def target_lm_folder_name(factor: int) -> str:
     ``x1`` keeps the historical name ``target-lm`` so that folders made before the ladder still resume.
     """
     return "target-lm" if factor == 1 else f"target-lm-{rung_name(factor)}"
-
-
-def cost_crossings(rungs: list[dict[str, Any]], method: str, reference_seconds: float) -> dict[str, Any]:
-    """Where ``method``'s featurization cost per example crosses ``reference_seconds`` (AirRep's).
-
-    ``rungs`` are entries with ``parameters`` and ``{method: {"seconds_per_example": ...}}``. Between
-    the two rungs where the sign of ``cost - reference`` turns, the crossing is interpolated linearly
-    in log(parameters) against log(cost / reference).
-
-    Returns:
-        ``{"crossing_parameters": float | None, "between": [rung, rung] | None, "cheaper_than_reference_on":
-        [rungs], "dearer_on": [rungs]}``; ``crossing_parameters`` is the first crossing, None if there is
-        none in the measured range.
-    """
-    ordered = sorted((r for r in rungs if method in r), key=lambda r: r["parameters"])
-    log_ratio = [math.log(r[method]["seconds_per_example"] / reference_seconds) for r in ordered]
-    crossing: dict[str, Any] = {
-        "crossing_parameters": None,
-        "between": None,
-        "cheaper_than_reference_on": [r["rung"] for r, v in zip(ordered, log_ratio, strict=True) if v < 0],
-        "dearer_on": [r["rung"] for r, v in zip(ordered, log_ratio, strict=True) if v >= 0],
-    }
-    for (low, f_low), (high, f_high) in itertools.pairwise(zip(ordered, log_ratio, strict=True)):
-        if (f_low < 0) != (f_high < 0):
-            x_low, x_high = math.log(low["parameters"]), math.log(high["parameters"])
-            x = x_low + f_low * (x_high - x_low) / (f_low - f_high)
-            crossing["crossing_parameters"] = math.exp(x)
-            crossing["between"] = [low["rung"], high["rung"]]
-            break
-    return crossing
-
-
-def all_crossings(curve: dict[str, Any], methods: tuple[str, ...] = ("logra", "grad-dot")) -> dict[str, dict[str, Any]]:
-    """:func:`cost_crossings` of every gradient method against every encoder of a cost curve.
-
-    ``curve`` is the JSON of ``benchmarks/bench_featurization_cost.py``: ``rungs`` and ``encoders``.
-    Keys are ``"METHOD vs ENCODER"``.
-    """
-    return {
-        f"{method} vs {encoder}": cost_crossings(curve["rungs"], method, figures["seconds_per_example"])
-        for method in methods
-        for encoder, figures in curve["encoders"].items()
-    }

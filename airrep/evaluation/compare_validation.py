@@ -5,7 +5,7 @@ With 2 splits of 32 queries a difference of 0.01 LDS is often noise, so every ch
 the same queries and its difference from a reference checkpoint gets a paired bootstrap interval
 (queries resampled together for both).
 
-    python -m airrep.compare_validation --labels out/demo/labels-train \\
+    python -m airrep.evaluation.compare_validation --labels out/demo/labels-train \\
         --models untrained out/exp/frozen5 out/exp/frozen5-reference-weighting --reference out/exp/frozen5
 
 The held-out splits are read from each checkpoint's ``airrep_training.json`` and must agree;
@@ -14,18 +14,23 @@ The held-out splits are read from each checkpoint's ``airrep_training.json`` and
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import sys
+from argparse import RawDescriptionHelpFormatter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from airrep import cli
+from airrep.cli import UsageError
+from airrep.labels.dataset import load_labels
 from airrep.lds import paired_summary
-from airrep.lds_evaluator import LDSEvaluator
 from airrep.outputs import write_json
-from airrep.training_data import load_labels
+from airrep.training.lds_evaluator import LDSEvaluator
+from configuration_airrep import GROUP_POOLINGS
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger(__name__)
@@ -43,9 +48,9 @@ def held_out_splits(models: list[str]) -> list[int]:
             raise FileNotFoundError(f"{model}: no airrep_training.json; pass --splits explicitly")
         recorded[model] = json.loads(file.read_text())["held_out_splits"]
     if not recorded:
-        raise ValueError("no trained checkpoint to read the held-out splits from; pass --splits")
+        raise UsageError("no trained checkpoint to read the held-out splits from; pass --splits")
     if len({tuple(v) for v in recorded.values()}) > 1:
-        raise ValueError(f"the checkpoints were validated on different splits: {recorded}")
+        raise UsageError(f"the checkpoints were validated on different splits: {recorded}")
     return next(iter(recorded.values()))
 
 
@@ -54,11 +59,11 @@ def compare(
 ) -> dict[str, Any]:
     """Per-model LDS with intervals and the paired difference from ``reference``, per pooling."""
     if reference not in models:
-        raise ValueError(f"--reference {reference!r} is not among --models {models}")
+        raise UsageError(f"--reference {reference!r} is not among --models {models}")
     data = load_labels(labels)
     unknown = [s for s in splits if s not in data.splits]
     if unknown:
-        raise ValueError(f"{labels} has no split(s) {unknown}; it has {sorted(data.splits)}")
+        raise UsageError(f"{labels} has no split(s) {unknown}; it has {sorted(data.splits)}")
     evaluator = LDSEvaluator(data, splits)
     per_query: dict[str, dict[str, np.ndarray]] = {}
     for model in models:
@@ -80,12 +85,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"Validation LDS x100 on splits {result['splits']} of `{result['labels']}` ({result['n_queries']} queries); "
         f"differences from `{result['reference']}` with paired 95% bootstrap intervals.",
         "",
-        "| checkpoint | attention | diff. attention | sum | diff. sum |",
-        "|---|---|---|---|---|",
+        "| checkpoint | " + " | ".join(f"{p} | diff. {p}" for p in GROUP_POOLINGS) + " |",
+        "|---" * (1 + 2 * len(GROUP_POOLINGS)) + "|",
     ]
     for model, entry in result["models"].items():
         cells = []
-        for pooling in ("attention", "sum"):
+        for pooling in GROUP_POOLINGS:
             e = entry[pooling]
             cells.append(f"{100 * e['lds']:.1f} [{100 * e['ci'][0]:.1f}, {100 * e['ci'][1]:.1f}]")
             if model == result["reference"]:
@@ -97,17 +102,23 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labels", required=True, help="the train-mode labels the checkpoints were trained on")
-    parser.add_argument("--models", nargs="+", required=True, help=f"checkpoint folders, or {UNTRAINED!r}")
-    parser.add_argument("--reference", default=None, help="the checkpoint differences are taken from (default: first)")
-    parser.add_argument("--splits", nargs="+", type=int, default=None,
-                        help="validation split ids (default: from the checkpoints' airrep_training.json)")  # fmt: skip
-    parser.add_argument("--n_resamples", type=int, default=2000)
-    parser.add_argument("--output", default=None, help="also write the result as JSON here")
-    args = parser.parse_args(argv)
+@dataclass
+class CompareValidationArguments:
+    labels: str = field(metadata={"help": "The train-mode labels the checkpoints were trained on."})
+    models: list[str] = field(metadata={"help": f"Checkpoint folders, or {UNTRAINED!r}."})
+    reference: str | None = field(
+        default=None, metadata={"help": "The checkpoint differences are taken from (default: the first)."}
+    )
+    splits: list[int] | None = field(
+        default=None, metadata={"help": "Validation split ids (default: from the checkpoints' airrep_training.json)."}
+    )
+    n_resamples: int = field(default=2000, metadata={"help": "Paired bootstrap resamples."})
+    output: str | None = field(default=None, metadata={"help": "Also write the result as JSON here."})
+
+
+def main(argv: list[str]) -> None:
+    (args,) = cli.parse(CompareValidationArguments, argv, description=__doc__,
+                        formatter_class=RawDescriptionHelpFormatter)  # fmt: skip
     splits = args.splits or held_out_splits(args.models)
     result = compare(args.labels, args.models, args.reference or args.models[0], splits, args.n_resamples)
     print(markdown(result))
@@ -116,4 +127,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m airrep.evaluation.compare_validation"))

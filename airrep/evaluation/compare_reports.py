@@ -5,7 +5,7 @@ same queries, the per-query LDS differences get a paired bootstrap interval (que
 together), which is the test that "A beats B outside the interval" needs. The methods may come from
 different report folders, such as a new checkpoint's report and the baselines' report.
 
-    python -m airrep.compare_reports --labels out/demo/labels-lds \\
+    python -m airrep.evaluation.compare_reports --labels out/demo/labels-lds \\
         --methods out/demo/report-new:airrep out/demo/report:tfidf out/demo/report:grad-cos.attention
 
 A method is ``REPORT:METHOD`` or ``REPORT:METHOD.POOLING``; without a pooling, the one with the higher
@@ -14,15 +14,20 @@ LDS on these labels is used, as the report tables do. Differences are taken from
 
 from __future__ import annotations
 
-import argparse
+import sys
+from argparse import RawDescriptionHelpFormatter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, format_lds, load_scores
+from airrep import cli
+from airrep.cli import UsageError
+from airrep.evaluation.report import format_lds, load_scores
+from airrep.labels.dataset import lds_split, load_labels
 from airrep.lds import lds, paired_summary
 from airrep.outputs import write_json
-from airrep.training_data import lds_split, load_labels
+from configuration_airrep import GROUP_POOLINGS
 
 
 def _per_query(report: str, method: str, pooling: str, losses: np.ndarray) -> np.ndarray:
@@ -33,11 +38,11 @@ def resolve(spec: str, losses: np.ndarray) -> tuple[str, np.ndarray]:
     """``(name, per-query LDS)`` of one ``REPORT:METHOD[.POOLING]`` spec."""
     report, sep, method = spec.rpartition(":")
     if not sep or not report or not method:
-        raise ValueError(f"{spec!r}: expected REPORT:METHOD or REPORT:METHOD.POOLING")
+        raise UsageError(f"{spec!r}: expected REPORT:METHOD or REPORT:METHOD.POOLING")
     name, _, pooling = method.rpartition(".")
-    if pooling in POOLINGS and name:
+    if pooling in GROUP_POOLINGS and name:
         return f"{report}:{name}.{pooling}", _per_query(report, name, pooling, losses)
-    candidates = {p: _per_query(report, method, p, losses) for p in POOLINGS}
+    candidates = {p: _per_query(report, method, p, losses) for p in GROUP_POOLINGS}
     best = max(candidates, key=lambda p: candidates[p].mean())
     return f"{report}:{method}.{best}", candidates[best]
 
@@ -45,7 +50,7 @@ def resolve(spec: str, losses: np.ndarray) -> tuple[str, np.ndarray]:
 def compare(labels: str, specs: list[str], n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Each method's LDS and its paired difference from the first, with percentile bootstrap intervals."""
     if len(specs) < 2:
-        raise ValueError("give at least two methods: the first is compared with each of the others")
+        raise UsageError("give at least two methods: the first is compared with each of the others")
     losses = lds_split(load_labels(labels)).losses
     resolved = [resolve(spec, losses) for spec in specs]
     reference_name, reference = resolved[0]
@@ -74,15 +79,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--labels", required=True, help="the lds labels every report was scored on")
-    parser.add_argument(
-        "--methods", nargs="+", required=True, help="REPORT:METHOD[.POOLING]; the first is the reference"
-    )
-    parser.add_argument("--n_resamples", type=int, default=2000)
-    parser.add_argument("--output", default=None, help="also write the result as JSON here")
-    args = parser.parse_args(argv)
+@dataclass
+class CompareReportsArguments:
+    labels: str = field(metadata={"help": "The lds labels every report was scored on."})
+    methods: list[str] = field(metadata={"help": "REPORT:METHOD[.POOLING] items; the first is the reference."})
+    n_resamples: int = field(default=2000, metadata={"help": "Paired bootstrap resamples."})
+    output: str | None = field(default=None, metadata={"help": "Also write the result as JSON here."})
+
+
+def main(argv: list[str]) -> None:
+    (args,) = cli.parse(CompareReportsArguments, argv, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     result = compare(args.labels, args.methods, args.n_resamples)
     print(markdown(result))
     if args.output:
@@ -90,4 +96,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m airrep.evaluation.compare_reports"))

@@ -1,7 +1,7 @@
 """The Space's built-in corpus: the demo preset's pool, bundled in ``space/`` as one parquet file so
 that the Space runs with nothing but its own folder.
 
-    python -m airrep.space_corpus          # rewrites space/builtin_pool.parquet
+    python -m airrep.serving.space_corpus          # rewrites space/builtin_pool.parquet
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from airrep.corpus import generate_split_records
+from airrep.labels.corpus import generate_split_records
 from airrep.presets import LABEL_PRESETS
 
-BUILTIN_POOL = Path(__file__).parents[1] / "space" / "builtin_pool.parquet"
+BUILTIN_POOL = Path(__file__).parents[2] / "space" / "builtin_pool.parquet"
 
 
 def builtin_pool_records(preset: str = "demo") -> list[dict[str, Any]]:

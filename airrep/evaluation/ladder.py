@@ -12,17 +12,25 @@ several sizes of each.
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from airrep.eval_report import POOLINGS, format_lds, recompute_lds, scores_path
-from airrep.gradient_methods import GRADIENT_METHODS
-from airrep.outputs import save_figure
+from airrep.cli import UsageError
+from airrep.evaluation.data import labels_noise_ceiling, load_eval_data
+from airrep.evaluation.gradient_methods import GRADIENT_METHODS
+from airrep.evaluation.report import format_lds, recompute_lds, scores_path
+from airrep.outputs import save_figure, write_json, write_text
+from configuration_airrep import GROUP_POOLINGS
+
+logger = logging.getLogger(__name__)
 
 GRADIENT_KIND = "gradient"
 # Two LDS values computed from the same matrix by the same code differ only by float summation order.
@@ -190,7 +198,7 @@ def frontier_plot(rung: str, data: dict[str, Any], path: str | os.PathLike) -> N
                 y, (low, high) = 100 * point["lds"], point["ci"]
                 axis.errorbar(point[cost], y, yerr=[[y - 100 * low], [100 * high - y]], fmt=markers.get(pooling, "s"),
                               color=colors(index % 20), capsize=2, markersize=6,
-                              label=name if pooling == POOLINGS[0] else None)  # fmt: skip
+                              label=name if pooling == GROUP_POOLINGS[0] else None)  # fmt: skip
                 axis.annotate(name, (point[cost], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ceiling = (data.get("noise_ceiling") or {}).get("sqrt_r")
         if ceiling is not None:
@@ -236,3 +244,130 @@ def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
     axis.legend(fontsize=7)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def cost_crossings(rungs: list[dict[str, Any]], method: str, reference_seconds: float) -> dict[str, Any]:
+    """Where ``method``'s featurization cost per example crosses ``reference_seconds`` (AirRep's).
+
+    ``rungs`` are entries with ``parameters`` and ``{method: {"seconds_per_example": ...}}``. Between
+    the two rungs where the sign of ``cost - reference`` turns, the crossing is interpolated linearly
+    in log(parameters) against log(cost / reference).
+
+    Returns:
+        ``{"crossing_parameters": float | None, "between": [rung, rung] | None, "cheaper_than_reference_on":
+        [rungs], "dearer_on": [rungs]}``; ``crossing_parameters`` is the first crossing, None if there is
+        none in the measured range.
+    """
+    ordered = sorted((r for r in rungs if method in r), key=lambda r: r["parameters"])
+    log_ratio = [math.log(r[method]["seconds_per_example"] / reference_seconds) for r in ordered]
+    crossing: dict[str, Any] = {
+        "crossing_parameters": None,
+        "between": None,
+        "cheaper_than_reference_on": [r["rung"] for r, v in zip(ordered, log_ratio, strict=True) if v < 0],
+        "dearer_on": [r["rung"] for r, v in zip(ordered, log_ratio, strict=True) if v >= 0],
+    }
+    for (low, f_low), (high, f_high) in itertools.pairwise(zip(ordered, log_ratio, strict=True)):
+        if (f_low < 0) != (f_high < 0):
+            x_low, x_high = math.log(low["parameters"]), math.log(high["parameters"])
+            x = x_low + f_low * (x_high - x_low) / (f_low - f_high)
+            crossing["crossing_parameters"] = math.exp(x)
+            crossing["between"] = [low["rung"], high["rung"]]
+            break
+    return crossing
+
+
+def all_crossings(curve: dict[str, Any], methods: tuple[str, ...] = ("logra", "grad-dot")) -> dict[str, dict[str, Any]]:
+    """:func:`cost_crossings` of every gradient method against every encoder of a cost curve.
+
+    ``curve`` is the JSON of ``benchmarks/bench_featurization_cost.py``: ``rungs`` and ``encoders``.
+    Keys are ``"METHOD vs ENCODER"``.
+    """
+    return {
+        f"{method} vs {encoder}": cost_crossings(curve["rungs"], method, figures["seconds_per_example"])
+        for method in methods
+        for encoder, figures in curve["encoders"].items()
+    }
+
+
+@dataclass
+class LadderReportArguments:
+    output_dir: str = field(metadata={"help": "The ladder report folder to write."})
+    rung: list[str] = field(
+        default_factory=list,
+        metadata={"help": "NAME=REPORT[,REPORT...]: a rung and its eval_lds.py report folders, smallest rung "
+                          "first; one item per rung."},
+    )  # fmt: skip
+    cost_curve: str | None = field(
+        default=None, metadata={"help": "JSON written by benchmarks/bench_featurization_cost.py --output."}
+    )
+
+
+def parse_rungs(items: list[str]) -> dict[str, list[str]]:
+    """``{name: [report folders]}`` from ``NAME=FOLDER[,FOLDER...]`` items, with errors that name the item."""
+    if not items:
+        raise UsageError("give at least one --rung NAME=REPORT_FOLDER[,REPORT_FOLDER...]")
+    rungs: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, folders = item.partition("=")
+        if not sep or not name or not folders:
+            raise UsageError(f"--rung {item!r}: expected NAME=REPORT_FOLDER[,REPORT_FOLDER...]")
+        if name in rungs:
+            raise UsageError(f"--rung {name} is given twice")
+        paths = [f for f in folders.split(",") if f]
+        for path in paths:
+            if not (Path(path) / "results.json").is_file():
+                raise UsageError(f"--rung {name}: {path} is not an eval_lds.py report (no results.json)")
+        rungs[name] = paths
+    return rungs
+
+
+def count_target_parameters(summary: dict[str, Any]) -> int:
+    """Parameters of the labels' target LM, for labels made before ``summary.json`` recorded them.
+
+    The model is instantiated on the meta device: its config is read, no weights are loaded.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not summary.get("target_lm"):
+        raise UsageError("the labels' summary.json records neither target_lm_parameters nor target_lm")
+    config = AutoConfig.from_pretrained(summary["target_lm"])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_ladder_report(args: LadderReportArguments) -> dict[str, Any]:
+    """Write the ladder report folder ``args`` describes; its ``ladder.json`` content."""
+    rungs = parse_rungs(args.rung)
+    folder = Path(args.output_dir)
+    report: dict[str, Any] = {"rungs": {}}
+    for name, reports in rungs.items():
+        sources = {json.loads((Path(r) / "results.json").read_text())["labels"] for r in reports}
+        if len(sources) != 1:
+            raise UsageError(f"--rung {name}: its reports were made on different labels {sorted(sources)}")
+        data = load_eval_data(sources.pop())
+        logger.info("rung %s: recomputing LDS of %d report folder(s) on %s", name, len(reports), data.source)
+        entry = {
+            "labels": data.source,
+            "target_lm": data.summary.get("target_lm"),
+            "parameters": data.summary.get("target_lm_parameters") or count_target_parameters(data.summary),
+            "n_subsets": len(data.subsets),
+            "n_queries": len(data.query_texts),
+            "noise_ceiling": labels_noise_ceiling(data),
+            "labels_compute_seconds": data.summary.get("compute_seconds"),
+            "methods": rung_methods(reports, data.losses),
+            "frontier_plot": f"frontier-{name}.png",
+        }
+        frontier_plot(name, entry, folder / entry["frontier_plot"])
+        report["rungs"][name] = entry
+    if args.cost_curve:
+        curve = json.loads(Path(args.cost_curve).read_text())
+        # Recomputed here so that the report never shows crossings from another version of the rule.
+        curve["crossings"] = all_crossings(curve)
+        report["cost_curve"] = curve
+        report["cost_curve_plot"] = "cost_curve.png"
+        cost_curve_plot(curve, folder / report["cost_curve_plot"])
+    write_json(folder / "ladder.json", report)
+    write_text(folder / "ladder.md", markdown(report))
+    return report

@@ -37,7 +37,7 @@ from sklearn.random_projection import SparseRandomProjection
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from airrep.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
+from airrep.labels.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
 
 GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
 

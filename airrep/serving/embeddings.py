@@ -1,8 +1,8 @@
 """Encode a corpus of any size into an embeddings dataset: ids plus float16 vectors in parquet shards.
 
-    python -m airrep.embeddings --model out/demo/model --dataset out/demo/corpus --split train \
+    python -m airrep.serving.embeddings --model out/demo/model --dataset out/demo/corpus --split train \
         --output_dir out/demo/embeddings
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m airrep.embeddings --model ... --output_dir ...
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m airrep.serving.embeddings --model ... --output_dir ...
 
 The input is a dataset folder or Hub id, read with ``streaming=True`` so that it never has to fit in
 memory. Rows are cut into shards of ``--shard_size``; shard ``i`` holds rows ``[i * size, (i + 1) *
@@ -14,16 +14,20 @@ dataset folder (``load_dataset(folder)``), with a card and ``embeddings.json`` d
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
+import sys
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from airrep import cli
+from airrep.cli import UsageError
 from airrep.outputs import claim, write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ def encode_corpus(
     from modeling_airrep import AirRepModel
 
     if shard_size < 1 or batch_size < 1:
-        raise ValueError("--shard_size and --batch_size must be at least 1")
+        raise UsageError("--shard_size and --batch_size must be at least 1")
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -111,7 +115,7 @@ def encode_corpus(
             try:
                 texts.append(model.config.format_text(row, index=shard * shard_size + i))
             except ValueError as error:
-                raise ValueError(f"{dataset} (split {split}): {error}") from None
+                raise UsageError(f"{dataset} (split {split}): {error}") from None
         vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
         _write_shard(path, ids, vectors)
         encoded += 1
@@ -152,7 +156,7 @@ in {summary["shards"]} parquet shard(s) of {summary["shard_size"]:,} rows. Colum
 `{summary["id_column"]}` column, or its row number) and `embedding`.
 
 ```python
-from airrep.index import EmbeddingIndex
+from airrep.serving.index import EmbeddingIndex
 index = EmbeddingIndex.from_folder("<this folder>")
 scores, rows = index.top_k(query_embeddings, k=100)
 ```
@@ -160,21 +164,23 @@ scores, rows = index.top_k(query_embeddings, k=100)
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="AirRep checkpoint folder or Hub id")
-    parser.add_argument("--dataset", required=True, help="dataset folder or Hub id (read with streaming)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="embeddings dataset folder")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--config", default=None, help="dataset config, such as 'pool' of a labels dataset")
-    parser.add_argument("--shard_size", type=int, default=10000, help="rows per parquet shard")
-    parser.add_argument("--batch_size", type=int, default=64, help="texts per encoder forward")
-    parser.add_argument("--id_column", default="id", help="column holding row ids (default: row numbers)")
-    args = parser.parse_args(argv)
+@dataclass
+class EmbeddingsArguments:
+    model: str = field(metadata={"help": "AirRep checkpoint folder or Hub id."})
+    dataset: str = field(metadata={"help": "Dataset folder or Hub id (read with streaming)."})
+    output_dir: str = field(metadata={"help": "The embeddings dataset folder to write (and resume)."})
+    split: str = field(default="train", metadata={"help": "Split of the dataset to encode."})
+    config: str | None = field(default=None, metadata={"help": "Dataset config, such as 'pool' of a labels dataset."})
+    shard_size: int = field(default=10000, metadata={"help": "Rows per parquet shard."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per encoder forward."})
+    id_column: str = field(default="id", metadata={"help": "Column holding row ids (default: row numbers)."})
+
+
+def main(argv: list[str]) -> None:
+    (args,) = cli.parse(EmbeddingsArguments, argv, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     encode_corpus(args.model, args.dataset, args.output_dir, args.split, args.config, args.shard_size,
                   args.batch_size, args.id_column)  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m airrep.serving.embeddings"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
+from configuration_airrep import GROUP_POOLINGS
 from modeling_airrep import group_influence
 
 WEIGHTINGS = {
@@ -27,20 +27,6 @@ CITATION = """@inproceedings{sun2025airrep,
 }"""
 
 
-def normalise_losses(losses: np.ndarray, clip: float = 10.0) -> np.ndarray:
-    """Labels from recorded losses: ``y[k, d] = (mean_d - loss[k, d]) / std_d``, clipped to ``+-clip``.
-
-    ``losses`` is ``(n_subsets, n_queries)``; the mean and (population) standard deviation of each
-    query are taken over the subsets that saw it, ignoring NaN. A standard deviation of 0 counts as 1.
-    Higher ``y`` means the subset helped the query more. NaN stays NaN.
-    """
-    losses = np.asarray(losses, dtype=np.float64)
-    mean = np.nanmean(losses, axis=0, keepdims=True)
-    std = np.nanstd(losses, axis=0, keepdims=True)
-    std = np.where((std == 0) | ~np.isfinite(std), 1.0, std)
-    return np.clip((mean - losses) / std, -clip, clip)
-
-
 def ranknet_loss(scores: Tensor, targets: Tensor, t_min: float | None = 0.1, t_max: float = 5.0) -> Tensor:
     """Weighted pairwise RankNet loss.
 
@@ -51,7 +37,7 @@ def ranknet_loss(scores: Tensor, targets: Tensor, t_min: float | None = 0.1, t_m
 
     Args:
         scores: ``(n_queries, n_subsets)`` predicted group scores.
-        targets: ``(n_queries, n_subsets)`` normalised labels (see [`normalise_losses`]).
+        targets: ``(n_queries, n_subsets)`` normalised labels (see [`airrep.labels.dataset.normalise_losses`]).
     """
     delta = targets.unsqueeze(2) - targets.unsqueeze(1)  # (q, j, k)
     logits = scores.unsqueeze(2) - scores.unsqueeze(1)
@@ -116,7 +102,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
             ::
 
                 from sentence_transformers import SentenceTransformer
-                from airrep.ranking_loss import AirRepRankingLoss
+                from airrep.training.ranking_loss import AirRepRankingLoss
 
                 model = SentenceTransformer("out/demo/model", trust_remote_code=True)
                 loss = AirRepRankingLoss(model, weighting="paper", mini_batch_size=32)
@@ -124,7 +110,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
-        if pooling not in ("attention", "sum"):
+        if pooling not in GROUP_POOLINGS:
             raise ValueError(f"pooling must be 'attention' or 'sum', got {pooling!r}")
         self.model = model
         self.weighting = weighting

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from airrep.target_lm import (
+from airrep.labels.target_lm import (
     SFTExample,
     collate,
     collate_packed,
@@ -54,6 +55,13 @@ class SFTSettings:
     # 64 was the fastest with the demo target LM (benchmarks/README.md): longer rows fill better but
     # make the masked attention longer.
     pack_length: int = 64
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any]) -> SFTSettings:
+        """The settings a labels recipe names (a ``LabelPreset`` as a dict, or the ``settings`` that a
+        labels dataset's ``summary.json`` records); what it leaves out keeps its default."""
+        names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16")
+        return cls(**{name: recipe[name] for name in names if name in recipe})
 
 
 Inputs = dict[str, torch.Tensor]

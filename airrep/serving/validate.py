@@ -1,10 +1,10 @@
 r"""Check a folder before ``hf upload``: the files its kind of repo needs, ``auto_map``, the card
 metadata, and that it loads offline with nothing but its own files.
 
-    python -m airrep.validate model out/demo/model && hf upload ORG/airrep-small-demo out/demo/model
-    python -m airrep.validate dataset out/demo/labels-lds \
+    python -m airrep.serving.validate model out/demo/model && hf upload ORG/airrep-small-demo out/demo/model
+    python -m airrep.serving.validate dataset out/demo/labels-lds \
         && hf upload ORG/airrep-labels-demo out/demo/labels-lds --repo-type dataset
-    python -m airrep.validate space space && hf upload ORG/airrep-explorer space --repo-type space
+    python -m airrep.serving.validate space space && hf upload ORG/airrep-explorer space --repo-type space
 
 Every problem found is listed (not just the first), and the exit status is 1 when there is any.
 The loading checks run in a fresh Python process, in an empty working directory, with the Hub
@@ -13,23 +13,26 @@ switched off, so the repository's own modules cannot stand in for the folder's.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from airrep import cli
+from airrep.cli import UsageError
+from airrep.labels.dataset import CONFIGS, LABEL_COLUMNS, SUMMARY_FILE
+
 KINDS = ("model", "dataset", "space")
 MODEL_FILES = ("config.json", "model.safetensors", "configuration_airrep.py", "modeling_airrep.py",
                "tokenizer_config.json", "modules.json", "sentence_bert_config.json", "README.md")  # fmt: skip
 AUTO_MAP = {"AutoConfig": "configuration_airrep.AirRepConfig", "AutoModel": "modeling_airrep.AirRepModel"}
-LABEL_CONFIGS = ("pool", "queries", "labels")
 # Import names that differ from their pip names, for the Space's requirements check.
 PIP_NAMES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow", "huggingface_hub": "huggingface-hub"}
 SPACE_SDK_PACKAGES = {"gradio", "gradio_client", "huggingface_hub", "pandas", "numpy"}  # installed with the sdk
@@ -128,7 +131,7 @@ def validate_dataset(folder: Path, load: bool = True) -> list[str]:
     card = read_card(folder, problems)
     configs = {c.get("config_name"): c for c in card.get("configs") or [] if isinstance(c, dict)}
     if card:
-        for name in LABEL_CONFIGS:
+        for name in CONFIGS:
             if name not in configs:
                 problems.append(f"card metadata: configs lack {name!r} (a labels dataset has pool, queries, labels)")
         for name, config in configs.items():
@@ -137,13 +140,13 @@ def validate_dataset(folder: Path, load: bool = True) -> list[str]:
                 for path in [paths] if isinstance(paths, str) else paths or []:
                     if not any(folder.glob(path)):
                         problems.append(f"card metadata: config {name!r} names data file {path!r}, which is missing")
-    if not (folder / "summary.json").exists():
-        problems.append("summary.json is missing: eval_lds.py reads the mode, target LM and SFT settings there")
+    if not (folder / SUMMARY_FILE).exists():
+        problems.append(f"{SUMMARY_FILE} is missing: eval_lds.py reads the mode, target LM and SFT settings there")
     if load and not problems:
         error = _run_isolated(
             "import os\nfrom datasets import load_dataset\nfolder = os.environ['FOLDER']\n"
             "labels = load_dataset(folder, 'labels', split='train')\n"
-            "missing = {'pair_id', 'split_id', 'subset', 'queries', 'losses', 'seed'} - set(labels.column_names)\n"
+            f"missing = set({LABEL_COLUMNS!r}) - set(labels.column_names)\n"
             "assert not missing, f'labels lacks the columns {sorted(missing)}'\n"
             "for name in ('pool', 'queries'):\n"
             "    table = load_dataset(folder, name, split='train')\n"
@@ -213,18 +216,19 @@ VALIDATORS = {"model": validate_model, "dataset": validate_dataset, "space": val
 def validate(kind: str, folder: str | os.PathLike, load: bool = True) -> list[str]:
     """Every problem that would stop ``folder`` from working as a Hub repo of ``kind``; empty when fine."""
     if kind not in VALIDATORS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise UsageError(f"kind must be one of {KINDS}, got {kind!r}")
     if not Path(folder).is_dir():
         return [f"{folder} is not a folder"]
     folder = Path(folder).resolve()  # the loading checks run from another directory
     return VALIDATORS[kind](folder, load)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str]) -> int:
+    parser = cli.ArgumentParser((), description=__doc__, formatter_class=RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=KINDS, help="the repo type the folder will be uploaded as")
     parser.add_argument("folder", help="the folder to check")
-    parser.add_argument("--no-load", dest="load", action="store_false", help="skip the offline loading check")
+    parser.add_argument("--no-load", "--no_load", dest="load", action="store_false",
+                        help="skip the offline loading check")  # fmt: skip
     args = parser.parse_args(argv)
     problems = validate(args.kind, args.folder, args.load)
     if problems:
@@ -238,4 +242,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m airrep.serving.validate"))

