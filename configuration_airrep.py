@@ -108,7 +108,7 @@ def format_text(
     max_prompt_words: int = DEFAULT_MAX_PROMPT_WORDS,
     index: int | None = None,
 ) -> str:
-    """Return the text AirRep encodes for ``record`` (DESIGN.md section 4, "Text of an example").
+    """Return the text AirRep encodes for ``record`` (docs/design.md, "The text of an example").
 
     Records with a prompt and a response are rendered with ``template``, the prompt cut to its first
     ``max_prompt_words`` whitespace-separated words (as the reference implementation does; the

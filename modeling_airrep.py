@@ -204,7 +204,7 @@ def group_influence(
     pooling: str = "attention",
     chunk_size: int | None = None,
 ) -> Array:
-    r"""Predicted influence of each subset of the corpus on each query (DESIGN.md section 4).
+    r"""Predicted influence of each subset of the corpus on each query (docs/design.md, "Group influence").
 
     For a query embedding :math:`q` and the embeddings :math:`e_1..e_n` of a subset's members, with
     :math:`s_i = q \cdot e_i`:

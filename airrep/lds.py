@@ -1,4 +1,4 @@
-"""Rank correlations between subsets' scores and their recorded losses (DESIGN.md section 4).
+"""Rank correlations between subsets' scores and their recorded losses (docs/design.md, "LDS" and "The noise ceiling").
 
 The one implementation of LDS and of the noise ceiling; every script calls these.
 """
@@ -16,7 +16,7 @@ def per_query_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each column of ``a`` with the same column of ``b``, across rows.
 
     Both are ``(n_subsets, n_queries)``. NaN entries are dropped pairwise per column; a column with
-    fewer than two usable rows or with no variation gets 0 (DESIGN.md: NaN counts as 0).
+    fewer than two usable rows or with no variation gets 0 (docs/design.md: an undefined correlation counts as 0).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2:

@@ -1,4 +1,4 @@
-"""Presets: named sizes for every script (DESIGN.md section 3). A preset is data; flags override it."""
+"""Presets: named sizes for every script (docs/design.md, "Presets"). A preset is data; flags override it."""
 
 from __future__ import annotations
 

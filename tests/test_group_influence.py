@@ -1,4 +1,4 @@
-"""group_influence, similarity and top_k against an independent NumPy computation of DESIGN.md section 4."""
+"""group_influence, similarity and top_k against an independent NumPy computation (docs/design.md)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The text of an example (DESIGN.md section 4), for every record schema, and its error messages."""
+"""The text of an example (docs/design.md) for every record schema, and its error messages."""
 
 import pytest
 

@@ -20,7 +20,7 @@ Per-example gradients are of the example's own loss, the mean cross-entropy over
 tokens (the loss the labels record). They come from ``torch.func`` (``vmap`` over ``grad``), and the
 random projection of the flattened gradient is scikit-learn's ``SparseRandomProjection``, a
 Johnson-Lindenstrauss map with about ``sqrt(n_params)`` non-zeros per output dimension, so it fits
-in memory at any model size. dattri 0.3 is not used: DESIGN.md section 5 records that its LoGra
+in memory at any model size. dattri 0.3 is not used: checked on this project's versions, its LoGra
 fails on HF Llama models and finds no ``nn.Linear`` in GPT-2, so these compact implementations,
 tested against brute force, stand in for it.
 """

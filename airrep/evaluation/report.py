@@ -1,5 +1,5 @@
 """The report folder of ``eval_lds.py``: ``results.json``, a Table-1-shaped markdown table, a bar chart,
-and the saved group-score matrices from which every LDS can be recomputed (DESIGN.md section 2a)."""
+and the saved group-score matrices from which every LDS can be recomputed (docs/design.md, "The report folder")."""
 
 from __future__ import annotations
 

@@ -104,13 +104,16 @@ def labels_folder(source: str) -> Path:
         ) from None
 
 
-def _load_config(source: str, config: str) -> Dataset:
+def _load_config(folder: str, config: str, source: str) -> Dataset:
+    """One config of the labels in ``folder``; errors name ``source``, as the user gave it."""
     try:
-        return load_dataset(source, config, split="train")
+        return load_dataset(folder, config, split="train")
     except ValueError as error:
         if "BuilderConfig" in str(error) or "not found" in str(error).lower():
             raise LabelsFormatError(f"{source}: the labels dataset has no config {config!r} ({error})") from None
         raise
+    except FileNotFoundError as error:  # a folder without data files, or one of other files
+        raise LabelsFormatError(f"{source}: not a labels dataset ({error})") from None
 
 
 def load_labels(source: str) -> LabelsData:
@@ -121,7 +124,7 @@ def load_labels(source: str) -> LabelsData:
             fewer than 2 subsets.
     """
     folder = str(labels_folder(source))
-    pool, queries, labels = (_load_config(folder, c) for c in CONFIGS)
+    pool, queries, labels = (_load_config(folder, c, source) for c in CONFIGS)
     for name, table, needed in (
         ("pool", pool, ("text",)),
         ("queries", queries, ("text",)),

@@ -1,4 +1,4 @@
-"""AirRep's training objective (DESIGN.md section 4): weighted pairwise RankNet over group scores."""
+"""AirRep's training objective (docs/design.md, "The training loss"): weighted pairwise RankNet over group scores."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
         """Weighted pairwise RankNet loss over AirRep group scores, as in AirRep (Sun et al., 2025).
 
         Each training row holds R queries, K training subsets and a label per (query, subset): the
-        normalised, clipped loss change of DESIGN.md section 4 (higher = the subset helped the query
+        normalised, clipped loss change of docs/design.md, "The training loss" (higher = the subset helped the query
         more). The model embeds every text of the batch once; each subset's score for each query is
         the attention-pooled group influence ``sum_i softmax(|s|)_i s_i`` with ``s_i = q . e_i``
         (``modeling_airrep.group_influence``, the same function used at inference). For every query
@@ -86,7 +86,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
               (GradCache), 2021: https://arxiv.org/abs/2101.06983
 
         Requirements:
-            1. Subset-loss labels from ``generate_labels.py --mode train`` (DESIGN.md section 4).
+            1. Subset-loss labels from ``generate_labels.py --mode train`` (docs/design.md, "The labels dataset").
             2. The AirRep data collator, which tokenizes the union of a step's texts into one column
                and passes ``{"queries", "members", "targets"}`` as the label.
 

@@ -2,13 +2,10 @@
 matrices, resuming, a failing method, and clear errors for bad input."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run as run_command
 
 from airrep.evaluation import METHODS, EvalArguments, Featurized, load_eval_data
 from airrep.evaluation import evaluate as run
@@ -20,7 +17,7 @@ from airrep.labels.dataset import LabelsFormatError
 
 def main(argv: list[str]) -> int:
     """eval_lds.py with ``argv`` in a subprocess; its exit status."""
-    return subprocess.run([sys.executable, "eval_lds.py", *argv], check=False).returncode
+    return run_command(["eval_lds.py", *argv]).returncode
 
 
 def test_every_method_and_pooling_is_reported(report):
@@ -187,9 +184,7 @@ def test_labels_load_by_repo_id_from_an_offline_hub_cache(labels, tmp_path):
         "from airrep.evaluation import load_eval_data; d = load_eval_data('org/airrep-labels-smoke'); "
         "print(d.losses.shape, d.summary['mode'])"
     )
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
-                          cwd=Path(__file__).parents[1])  # fmt: skip
+    done = run_command(["-c", code], HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "lds"
     expected = load_eval_data(str(labels / "labels-lds")).losses.shape

@@ -1,10 +1,10 @@
 """LDS: per_query_spearman against scipy.stats.spearmanr, a hand-computed example, the bootstrap
 interval, the noise ceiling, and the evaluate metric module against the plain function."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from scipy.stats import spearmanr
 
 from airrep.lds import bootstrap_ci, lds, lds_summary, noise_ceiling, per_query_spearman
@@ -61,7 +61,7 @@ def test_evaluate_metric_module_matches_the_plain_function():
     rng = np.random.default_rng(2)
     losses = rng.normal(size=(12, 9))
     scores = -losses + rng.normal(size=(12, 9))
-    metric = evaluate.load(str(Path(__file__).parents[1] / "metrics" / "lds"))
+    metric = evaluate.load(str(REPO / "metrics" / "lds"))
     # The metric takes one row per query; the plain function takes (subsets, queries).
     got = metric.compute(predictions=scores.T.tolist(), references=losses.T.tolist(), n_resamples=300, seed=4)
     expected = lds_summary(scores, losses, n_resamples=300, seed=4)

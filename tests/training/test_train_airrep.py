@@ -2,16 +2,14 @@
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
+from helpers import run as run_command
 from huggingface_hub import ModelCard
 
 from airrep.labels import LabelArguments
@@ -29,7 +27,6 @@ def main(argv: list[str]) -> Path:
     return train_airrep(*parse_arguments(argv))
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +83,14 @@ def test_training_changes_the_encoder(trained):
     assert not np.allclose(untrained.encode(texts), reloaded.encode(texts), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_trains_and_its_result_loads(labels):
     output = labels.parent / "model-ddp"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train_airrep.py",
+    result = run_command(
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", "train_airrep.py",
          "--preset", "smoke", "--labels", str(labels), "--output_dir", str(output),
          "--train_steps", "4", "--eval_steps", "2", "--logging_steps", "1"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1"},
-        capture_output=True, text=True, timeout=600,
+        ACCELERATE_USE_CPU="1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((output / "airrep_training.json").read_text())

@@ -1,23 +1,17 @@
 """Embeddings at scale: a real 2-process torchrun encode equals a 1-process one, a killed encode
 resumes with every id exactly once, and the index's top-k matches exact search."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasets import load_dataset
+from helpers import kill_when, spawn
 
 from airrep.labels.corpus import write_corpus
 from airrep.serving.embeddings import encode_corpus
 from airrep.serving.index import EmbeddingIndex, recall_at_k
 from configuration_airrep import format_text
-
-REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +26,6 @@ def one_process(corpus, saved_folder):
     out = corpus.parent / "one-process"
     summary = encode_corpus(str(saved_folder), str(corpus), out, shard_size=32, batch_size=16)
     return out, summary
-
-
-def _spawn(args, **env):
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def _table(folder):
@@ -54,9 +43,10 @@ def test_embeddings_dataset_holds_every_row_once_with_the_model_vectors(one_proc
     np.testing.assert_allclose(vectors.astype(np.float32), expected, atol=2e-3, rtol=2e-3)  # float16 storage
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, saved_folder):
     out = corpus.parent / "two-processes"
-    process = _spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.serving.embeddings",
+    process = spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.serving.embeddings",
                       "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir", str(out),
                       "--shard_size", "32", "--batch_size", "16"], ACCELERATE_USE_CPU="1")  # fmt: skip
     _, err = process.communicate(timeout=600)
@@ -74,17 +64,12 @@ def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, sav
     assert (np.abs(two - one) <= allowed).all(), np.abs(two - one).max()
 
 
+@pytest.mark.slow
 def test_killed_encode_resumes_without_duplicates_or_gaps(one_process, corpus, saved_folder):
     out = corpus.parent / "killed"
     args = ["-m", "airrep.serving.embeddings", "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir",
             str(out), "--shard_size", "8", "--batch_size", "8"]  # fmt: skip
-    process = _spawn(args)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "data").glob("shard-*.parquet"))) < 2:
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(spawn(args), lambda: len(list((out / "data").glob("shard-*.parquet"))) >= 2)
     finished = len(list((out / "data").glob("shard-*.parquet")))
     assert 2 <= finished < 15
     encode_corpus(str(saved_folder), str(corpus), out, shard_size=8, batch_size=8)

@@ -5,12 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as generate
 from airrep.serving.validate import main, validate
 
-SPACE = Path(__file__).parents[1] / "space"
+SPACE = REPO / "space"
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,13 @@ kill, a 2-process torchrun run, divergence flagging and bad input."""
 
 import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset, load_dataset
+from helpers import kill_when, spawn
 
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as run
@@ -35,8 +31,6 @@ from airrep.labels.target_lm import (
 )
 from airrep.outputs import install_in_offline_cache
 from configuration_airrep import RecordFormatError, format_text
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def load(folder, config):
@@ -162,27 +156,12 @@ def test_diverged_runs_are_flagged_and_excluded(work):
     assert "8 diverged (non-finite loss)" in (folder / "README.md").read_text()
 
 
-def _spawn(args, work, **env):
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
+@pytest.mark.slow
 def test_kill_and_resume_gives_each_pair_exactly_once(work):
     folder = work / "labels-killed"
     flags = ["--preset", "smoke", "--mode", "lds", "--lds_subsets", "120", "--models_per_batch", "1"]
-    process = _spawn(["generate_labels.py", *flags, "--output_dir", str(folder)], work)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((folder / "shards").glob("*.json"))) < 5:
-        assert process.poll() is None, process.stderr.read()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = spawn(["generate_labels.py", *flags, "--output_dir", str(folder)])
+    kill_when(process, lambda: len(list((folder / "shards").glob("*.json"))) >= 5, timeout=120)
     finished = len(list((folder / "shards").glob("*.json")))
     assert 5 <= finished < 124 and not (folder / "summary.json").exists()
     run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", lds_subsets=120, models_per_batch=1))
@@ -191,12 +170,12 @@ def test_kill_and_resume_gives_each_pair_exactly_once(work):
     assert load(folder, "noise").num_rows == 4
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_equals_one_process(work):
     folder = work / "labels-lds-2proc"
-    process = _spawn(
+    process = spawn(
         ["-m", "torch.distributed.run", "--nproc_per_node", "2", "generate_labels.py",
          "--preset", "smoke", "--mode", "lds", "--output_dir", str(folder)],
-        work,
         ACCELERATE_USE_CPU="1",
     )  # fmt: skip
     _, stderr = process.communicate(timeout=300)

@@ -1,4 +1,4 @@
-"""The training objective against an independent implementation of DESIGN.md section 4."""
+"""The training objective against an independent implementation of docs/design.md, "The training loss"."""
 
 import itertools
 

@@ -8,11 +8,11 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 from scipy.stats import spearmanr
 from transformers import LlamaForCausalLM
 
@@ -194,9 +194,10 @@ def test_a_rung_given_twice_is_refused(rungs):
         parse_rungs([f"x1={reports['x1'][0]}", f"x1={reports['x1'][1]}"])
 
 
+@pytest.mark.slow
 def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
     """benchmarks/run_ladder.sh at smoke size: labels, evaluations, cost curve and report from one command."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     env = {
         **os.environ,
         "PRESET": "smoke",

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from datasets import load_dataset
+from helpers import REPO
 
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as generate
 from airrep.serving.space_corpus import BUILTIN_POOL, builtin_pool_records
 from configuration_airrep import format_text
 
-SPACE = Path(__file__).parents[1] / "space"
+SPACE = REPO / "space"
 QUERIES = [("What is 12 plus 30?", "42"), ("Reverse the word 'planet'.", "tenalp"),
            ("Convert 15 Celsius to Fahrenheit.", "59"), ("What is the capital of France?", "Paris"),
            ("Sort these numbers: 5, 2, 9.", "2, 5, 9"), ("How many vowels are in 'banana'?", "3"),
@@ -191,6 +192,8 @@ def test_eight_concurrent_clients_get_their_own_correct_answers(app, expected):
     assert answers == [expected(*q)[0] for q in QUERIES]
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
