@@ -83,7 +83,7 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         epochs=2,
         # 8 models at once, packed rows and bf16 autocast: 3.0x the subset models per hour of one at a
         # time in fp32 on 2 CPU cores; the bf16 labels rank the subsets as fp32 ones do (per-query
-        # Spearman 0.998, against 0.61 between two fp32 seeds) and keep r (benchmarks/README.md).
+        # Spearman 0.998, against 0.61 between two fp32 seeds) and keep r (benchmarks/HISTORY.md).
         models_per_batch=8,
         bf16=True,
         noise_ceiling=24,
@@ -148,7 +148,7 @@ class TrainPreset:
     warmup_steps: int = 10
     seed: int = 0
     # Forward passes under bf16 autocast (the trainer's --bf16, with fp32 weights); on a CPU with
-    # AVX512-BF16 a whole-encoder step of the demo runs 2.2x faster (4.9 against 11.0 s; benchmarks/README.md).
+    # AVX512-BF16 a whole-encoder step of the demo runs 2.2x faster (4.9 against 11.0 s; benchmarks/HISTORY.md).
     bf16: bool = False
     # Dropout in the encoder while training (None: the base encoder's own, 0.1 for MiniLM). The
     # authors' code trains with the encoder in eval mode, that is with none.
@@ -166,7 +166,7 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     #   whole encoder, lr 5e-5, 100 steps:          0.191 / 0.110 in 28 min
     #   top layer over cached layers 0-4, lr 5e-5, 300 steps: 0.165 / 0.116 in 16 min
     #   top layer over cached layers 0-4, lr 2e-4, 150 steps: 0.166 / 0.119 in 6.6 min  (the demo until 2026-11-30)
-    # R and K were then chosen on 200 validation queries of 100-query train labels (benchmarks/README.md,
+    # R and K were then chosen on 200 validation queries of 100-query train labels (benchmarks/HISTORY.md,
     # "The levers again"): K = 8 with R = 16 beat R = 8, K = 4 by +4.0 [+1.0, +7.0] attention LDS, paired,
     # for about 30% more training time.
     # 2026-12-01: with labels 2.8x faster, the demo affords the whole encoder under bf16 for 60 steps
@@ -187,7 +187,7 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     # and no dropout (level on validation, 15% cheaper steps; the authors train without it). On the
     # validation splits of the fp32 demo labels, 60 such steps scored +3.5 [-1.4, +9.2] attention over the
     # 50 whole-encoder steps, paired, in 52% of their time; K = 16 or 32 were level with K = 8 (+11% time).
-    # 70 steps fill the same time as 60 with dropout (benchmarks/README.md, "The demo on both machine kinds").
+    # 70 steps fill the same time as 60 with dropout (benchmarks/HISTORY.md, "The demo on both machine kinds").
     "demo": TrainPreset(queries_per_step=16, subsets_per_step=8, train_steps=120, validation_splits=2,
                         learning_rate=5e-5, frozen_layers=0, eval_steps=30, logging_steps=10, bf16=True,
                         fp32_fallback=TrainPreset(queries_per_step=32, subsets_per_step=8, train_steps=70,

@@ -23,7 +23,7 @@ import numpy as np
 
 from airrep import cli
 from airrep.cli import UsageError
-from airrep.evaluation.report import format_lds, load_scores
+from airrep.evaluation.report import format_difference, format_lds, load_scores
 from airrep.labels.dataset import lds_split, load_labels
 from airrep.lds import lds, paired_summary
 from airrep.outputs import write_json
@@ -73,8 +73,7 @@ def markdown(result: dict[str, Any]) -> str:
     for name, e in result["methods"].items():
         cell = "reference"
         if name != result["reference"]:
-            d_low, d_high = e["difference_ci"]
-            cell = f"{100 * e['difference']:+.1f} [{100 * d_low:+.1f}, {100 * d_high:+.1f}]"
+            cell = format_difference(e)
         lines.append(f"| {name} | {format_lds(e)} | {cell} |")
     return "\n".join(lines) + "\n"
 

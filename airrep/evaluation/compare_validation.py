@@ -26,6 +26,7 @@ import numpy as np
 
 from airrep import cli
 from airrep.cli import UsageError
+from airrep.evaluation.report import format_difference, format_lds
 from airrep.labels.dataset import load_labels
 from airrep.lds import paired_summary
 from airrep.outputs import write_json
@@ -92,12 +93,8 @@ def markdown(result: dict[str, Any]) -> str:
         cells = []
         for pooling in GROUP_POOLINGS:
             e = entry[pooling]
-            cells.append(f"{100 * e['lds']:.1f} [{100 * e['ci'][0]:.1f}, {100 * e['ci'][1]:.1f}]")
-            if model == result["reference"]:
-                cells.append("reference")
-            else:
-                low, high = e["difference_ci"]
-                cells.append(f"{100 * e['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]")
+            cells.append(format_lds(e))
+            cells.append("reference" if model == result["reference"] else format_difference(e))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -65,6 +65,12 @@ def format_lds(entry: dict[str, Any] | None) -> str:
     return f"{100 * entry['lds']:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
+def format_difference(entry: dict[str, Any]) -> str:
+    """``difference [low, high]`` x100, signed, of a paired comparison's ``{"difference", "difference_ci"}``."""
+    low, high = entry["difference_ci"]
+    return f"{100 * entry['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
 def _fmt_number(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"

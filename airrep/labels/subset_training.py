@@ -52,7 +52,7 @@ class SFTSettings:
     bf16: bool = False
     # Training rows hold several examples, up to this many tokens (at least the step's longest
     # example); 0 gives every example a row of its own. Same losses up to rounding. Of 32, 64 and 96,
-    # 64 was the fastest with the demo target LM (benchmarks/README.md): longer rows fill better but
+    # 64 was the fastest with the demo target LM (benchmarks/HISTORY.md): longer rows fill better but
     # make the masked attention longer.
     pack_length: int = 64
 
