@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> int:
-    (args,) = cli.parse(EvalArguments, argv)
+    (args,) = cli.parse(EvalArguments, argv, __doc__)
     results = evaluate(args)
     print(markdown_table(results))  # here, not in evaluate(): the demo prints the same table once, at its end
     if results["errors"]:

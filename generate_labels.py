@@ -24,7 +24,7 @@ from airrep.labels import LabelArguments, generate_labels
 
 def main(argv: list[str]) -> None:
     datasets.disable_progress_bars()  # small parquet writes; the subset-model bar is the one that matters
-    (args,) = cli.parse(LabelArguments, argv)
+    (args,) = cli.parse(LabelArguments, argv, __doc__)
     generate_labels(args)
 
 

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(LadderReportArguments, argv)
+    (args,) = cli.parse(LadderReportArguments, argv, __doc__)
     build_ladder_report(args)
     logger.info("wrote %s", args.output_dir)
 

@@ -20,7 +20,7 @@ from airrep.training import parse_arguments, train_airrep
 
 
 def main(argv: list[str]) -> None:
-    train_airrep(*parse_arguments(argv))
+    train_airrep(*parse_arguments(argv, __doc__))
 
 
 if __name__ == "__main__":

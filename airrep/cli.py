@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -45,9 +46,12 @@ class ArgumentParser(HfArgumentParser):
         self.exit(USAGE_STATUS, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse(dataclass_types: Any, argv: Sequence[str] | None, **parser_kwargs: Any) -> tuple:
-    """Parse ``argv`` into instances of ``dataclass_types`` (one type or a tuple of them)."""
-    parser = ArgumentParser(dataclass_types, **parser_kwargs)
+def parse(dataclass_types: Any, argv: Sequence[str] | None, description: str | None = None) -> tuple:
+    """Parse ``argv`` into instances of ``dataclass_types`` (one type or a tuple of them).
+
+    ``description`` (the command's docstring, usually) heads ``--help``, its layout kept.
+    """
+    parser = ArgumentParser(dataclass_types, description=description, formatter_class=RawDescriptionHelpFormatter)
     return parser.parse_args_into_dataclasses(args=list(argv) if argv is not None else None)
 
 

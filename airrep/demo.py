@@ -117,7 +117,7 @@ def report(folders: dict[str, Path], top_k: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(DemoArguments, argv)
+    (args,) = cli.parse(DemoArguments, argv, __doc__)
     report(run_stages(args), args.top_k)
 
 

@@ -15,7 +15,6 @@ LDS on these labels is used, as the report tables do. Differences are taken from
 from __future__ import annotations
 
 import sys
-from argparse import RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +86,7 @@ class CompareReportsArguments:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(CompareReportsArguments, argv, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    (args,) = cli.parse(CompareReportsArguments, argv, __doc__)
     result = compare(args.labels, args.methods, args.n_resamples)
     print(markdown(result))
     if args.output:

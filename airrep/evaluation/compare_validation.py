@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from argparse import RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +113,7 @@ class CompareValidationArguments:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(CompareValidationArguments, argv, description=__doc__,
-                        formatter_class=RawDescriptionHelpFormatter)  # fmt: skip
+    (args,) = cli.parse(CompareValidationArguments, argv, __doc__)
     splits = args.splits or held_out_splits(args.models)
     result = compare(args.labels, args.models, args.reference or args.models[0], splits, args.n_resamples)
     print(markdown(result))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from argparse import RawDescriptionHelpFormatter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,8 +182,7 @@ class LabelStructureArguments:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(LabelStructureArguments, argv, description=__doc__,
-                        formatter_class=RawDescriptionHelpFormatter)  # fmt: skip
+    (args,) = cli.parse(LabelStructureArguments, argv, __doc__)
     result = analyse(args.labels, args.columns, args.splits, args.report, args.by, args.n_resamples)
     print(markdown(result))
     if args.output:

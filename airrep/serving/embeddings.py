@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import sys
-from argparse import RawDescriptionHelpFormatter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +176,7 @@ class EmbeddingsArguments:
 
 
 def main(argv: list[str]) -> None:
-    (args,) = cli.parse(EmbeddingsArguments, argv, description=__doc__, formatter_class=RawDescriptionHelpFormatter)
+    (args,) = cli.parse(EmbeddingsArguments, argv, __doc__)
     encode_corpus(args.model, args.dataset, args.output_dir, args.split, args.config, args.shard_size,
                   args.batch_size, args.id_column)  # fmt: skip
 

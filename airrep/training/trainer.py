@@ -127,12 +127,14 @@ Trained with `train_airrep.py` from `{base}` on the subset-loss labels `{args.la
     card.save(folder / "README.md")
 
 
-def parse_arguments(argv: list[str]) -> tuple[AirRepArguments, SentenceTransformerTrainingArguments, set[str]]:
+def parse_arguments(
+    argv: list[str], description: str | None = None
+) -> tuple[AirRepArguments, SentenceTransformerTrainingArguments, set[str]]:
     """The arguments of a ``train_airrep.py`` command line, and the names of the flags it gave.
 
     A bf16 preset turns bf16 autocast on where its kernels exist, unless ``--bf16`` was given either way.
     """
-    (args, training_args) = cli.parse((AirRepArguments, SentenceTransformerTrainingArguments), argv)
+    (args, training_args) = cli.parse((AirRepArguments, SentenceTransformerTrainingArguments), argv, description)
     if args.preset not in TRAIN_PRESETS:
         raise UsageError(f"--preset must be one of {sorted(TRAIN_PRESETS)}, got {args.preset!r}")
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
@@ -140,7 +142,9 @@ def parse_arguments(argv: list[str]) -> tuple[AirRepArguments, SentenceTransform
         # transformers fixes mixed precision when it builds the arguments, so parse them again with the
         # flag (and --use_cpu, which it requires for bf16 without an accelerator).
         extra = ["--bf16"] + ([] if torch.accelerator.is_available() or "use_cpu" in explicit else ["--use_cpu"])
-        args, training_args = cli.parse((AirRepArguments, SentenceTransformerTrainingArguments), [*argv, *extra])
+        args, training_args = cli.parse(
+            (AirRepArguments, SentenceTransformerTrainingArguments), [*argv, *extra], description
+        )
     return args, training_args, explicit
 
 
