@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from airrep.cli import UsageError
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -71,14 +73,14 @@ def claim(folder: str | os.PathLike, file_name: str, settings: dict[str, Any], h
         hint: How to go on instead, for the message.
 
     Raises:
-        ValueError: the recorded settings differ; the message names the keys that differ.
+        UsageError: the recorded settings differ; the message names the keys that differ.
     """
     folder = Path(folder)
     file = folder / file_name
     if file.exists():
         differences = differing_keys(json.loads(file.read_text()), settings)
         if differences:
-            raise ValueError(f"{folder} was made with other settings (they differ in {differences}); {hint}")
+            raise UsageError(f"{folder} was made with other settings (they differ in {differences}); {hint}")
         return
     write_json(file, settings)
 
