@@ -24,7 +24,7 @@ def _imported_modules(path) -> set[str]:
 
 
 def test_the_command_lines_are_the_ones_documented():
-    assert SCRIPTS == ["eval_lds", "generate_labels", "ladder_report", "train_airrep"]
+    assert SCRIPTS == ["eval_lds", "generate_labels", "ladder_report", "select_data", "train_airrep"]
 
 
 @pytest.mark.parametrize("folder", ["airrep", "tests", "benchmarks", "space", "metrics"])

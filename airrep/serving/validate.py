@@ -28,6 +28,7 @@ import yaml
 from airrep import cli
 from airrep.cli import UsageError
 from airrep.labels.dataset import CONFIGS, LABEL_COLUMNS, SUMMARY_FILE
+from airrep.serving.selection import ADDED_COLUMNS, SELECTION_FILE
 
 KINDS = ("model", "dataset", "space")
 MODEL_FILES = ("config.json", "model.safetensors", "configuration_airrep.py", "modeling_airrep.py",
@@ -126,22 +127,46 @@ def validate_model(folder: Path, load: bool = True) -> list[str]:
     return problems
 
 
+def _check_data_files(folder: Path, configs: dict[str, dict], problems: list[str]) -> None:
+    for name, config in configs.items():
+        for entry in config.get("data_files") or []:
+            paths = entry.get("path") if isinstance(entry, dict) else entry
+            for path in [paths] if isinstance(paths, str) else paths or []:
+                if not any(folder.glob(path)):
+                    problems.append(f"card metadata: config {name!r} names data file {path!r}, which is missing")
+
+
 def validate_dataset(folder: Path, load: bool = True) -> list[str]:
+    """A labels dataset (``generate_labels.py``) or a selection (``select_data.py``), told apart by the
+    record each keeps beside its data (``summary.json``, ``selection.json``)."""
     problems: list[str] = []
     card = read_card(folder, problems)
     configs = {c.get("config_name"): c for c in card.get("configs") or [] if isinstance(c, dict)}
+    if (folder / SELECTION_FILE).exists():
+        if card and "default" not in configs:
+            problems.append("card metadata: configs lack 'default' (a selection is one table)")
+        _check_data_files(folder, configs, problems)
+        if load and not problems:
+            error = _run_isolated(
+                "import os\nfrom datasets import load_dataset\n"
+                "table = load_dataset(os.environ['FOLDER'], split='train')\n"
+                f"missing = set({ADDED_COLUMNS!r}) - set(table.column_names)\n"
+                "assert not missing, f'the selection lacks the columns {sorted(missing)}'\n",
+                folder,
+            )
+            if error:
+                problems.append(f"the selection does not load offline: {error}")
+        return problems
     if card:
         for name in CONFIGS:
             if name not in configs:
                 problems.append(f"card metadata: configs lack {name!r} (a labels dataset has pool, queries, labels)")
-        for name, config in configs.items():
-            for entry in config.get("data_files") or []:
-                paths = entry.get("path") if isinstance(entry, dict) else entry
-                for path in [paths] if isinstance(paths, str) else paths or []:
-                    if not any(folder.glob(path)):
-                        problems.append(f"card metadata: config {name!r} names data file {path!r}, which is missing")
+        _check_data_files(folder, configs, problems)
     if not (folder / SUMMARY_FILE).exists():
-        problems.append(f"{SUMMARY_FILE} is missing: eval_lds.py reads the mode, target LM and SFT settings there")
+        problems.append(
+            f"{SUMMARY_FILE} is missing: eval_lds.py reads the mode, target LM and SFT settings there "
+            f"(a selection keeps {SELECTION_FILE} instead)"
+        )
     if load and not problems:
         error = _run_isolated(
             "import os\nfrom datasets import load_dataset\nfolder = os.environ['FOLDER']\n"
