@@ -18,6 +18,7 @@ _EXPORTS = {
     "SelectArguments": "selection",
     "select": "selection",
     "select_data": "selection",
+    "pair_scores": "selection",
     "builtin_pool_records": "space_corpus",
 }
 __all__ = sorted(_EXPORTS)

@@ -184,28 +184,42 @@ def distinct(texts: Sequence[str]) -> np.ndarray:
     return np.fromiter(first.values(), dtype=np.int64, count=len(first))
 
 
-def _pair_scores(args: SelectArguments, pool_texts, target_texts, pool_embeddings) -> tuple[np.ndarray, str]:
-    """``(targets x pool)`` scores of the method, and a description of it for the card."""
+def pair_scores(
+    method: str,
+    pool_texts: Sequence[str],
+    target_texts: Sequence[str],
+    model: str | None = None,
+    base_encoder: str | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    pool_embeddings: np.ndarray | None = None,
+) -> tuple[np.ndarray, str]:
+    """``(targets x pool)`` scores of ``method``, and a description of it for the card.
+
+    Args:
+        model: The AirRep checkpoint of method ``airrep``.
+        pool_embeddings: The pool's embeddings by ``model``, when they are stored (an embeddings dataset).
+    """
     from airrep.evaluation.methods import base_normalises, check_checkpoint
     from airrep.evaluation.text_baselines import bm25_scores, tfidf_scores
     from modeling_airrep import AirRepModel
 
-    if args.method == "random":
-        scores = np.random.default_rng(args.seed).random(len(pool_texts))
-        return np.broadcast_to(scores, (len(target_texts), len(pool_texts))), f"random (seed {args.seed})"
-    if args.method in ("tfidf", "bm25"):
-        function = {"tfidf": tfidf_scores, "bm25": bm25_scores}[args.method]
-        return function(pool_texts, target_texts).scores, args.method
-    if args.method == "airrep":
-        check_checkpoint(args.model)
-        model, normalize, about = AirRepModel.from_pretrained(args.model), False, f"AirRep `{args.model}`"
+    if method == "random":
+        scores = np.random.default_rng(seed).random(len(pool_texts))
+        return np.broadcast_to(scores, (len(target_texts), len(pool_texts))), f"random (seed {seed})"
+    if method in ("tfidf", "bm25"):
+        function = {"tfidf": tfidf_scores, "bm25": bm25_scores}[method]
+        return function(pool_texts, target_texts).scores, method
+    if method == "airrep":
+        check_checkpoint(model)
+        encoder, normalize, about = AirRepModel.from_pretrained(model), False, f"AirRep `{model}`"
     else:
-        model = AirRepModel.from_encoder(args.base_encoder)
-        normalize = base_normalises(args.base_encoder)
-        about = f"untrained `{args.base_encoder or 'all-MiniLM-L6-v2'}`" + (", L2-normalised" if normalize else "")
-    targets = model.encode(target_texts, batch_size=args.batch_size, normalize_embeddings=normalize)
+        encoder = AirRepModel.from_encoder(base_encoder)
+        normalize = base_normalises(base_encoder)
+        about = f"untrained `{base_encoder or 'all-MiniLM-L6-v2'}`" + (", L2-normalised" if normalize else "")
+    targets = encoder.encode(list(target_texts), batch_size=batch_size, normalize_embeddings=normalize)
     if pool_embeddings is None:
-        pool_embeddings = model.encode(pool_texts, batch_size=args.batch_size, normalize_embeddings=normalize)
+        pool_embeddings = encoder.encode(list(pool_texts), batch_size=batch_size, normalize_embeddings=normalize)
     scores = np.empty((len(targets), len(pool_embeddings)), dtype=np.float32)
     chunk = 65536  # a float16 pool is converted a chunk at a time: memory stays bounded
     for start in range(0, len(pool_embeddings), chunk):
@@ -266,8 +280,9 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
     check_budget(budget, len(candidates))
 
     embeddings = None if pool_embeddings is None else pool_embeddings[candidates]
-    pair_scores, about = _pair_scores(args, [pool_texts[i] for i in candidates], target_texts, embeddings)
-    chosen = select(pair_scores, budget, args.strategy)
+    scores, about = pair_scores(args.method, [pool_texts[i] for i in candidates], target_texts, args.model,
+                                args.base_encoder, args.seed, args.batch_size, embeddings)  # fmt: skip
+    chosen = select(scores, budget, args.strategy)
     rows = candidates[chosen.rows]
     selected = [
         {**pool[row], "score": float(score), "rank": rank, "target": int(target)}

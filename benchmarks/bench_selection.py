@@ -1,0 +1,175 @@
+"""Data selection, measured by retraining: does fine-tuning on what a method selects teach a task?
+
+For each of ``--tasks`` tasks of the built-in corpus and each of ``--seeds`` seeds, a few target
+examples of the task are drawn from a fresh held-out draw of the corpus (disjoint from the pool and
+from the target LM's warm-start data), and further examples of the task are kept to measure it. Each
+method selects ``k`` pool examples for the targets (``airrep.serving.selection``, round-robin by
+default); the labels' target LM is fine-tuned on the selection with the labels' own SFT settings
+(``airrep.labels.subset_training``, several models at once), and its mean response loss on the
+task's held-out examples is recorded. Every method of one (task, seed) is fine-tuned with the same
+seed, so differences against random selection are paired; intervals resample (task, seed) units.
+
+Methods: ``random``; ``oracle`` (pool examples of the target task, in a seeded order, then random ones
+if the task has fewer than ``k``: the upper reference a method cannot see); ``tfidf``, ``bm25``,
+``base-encoder`` and ``airrep`` (``--model``).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_selection.py --labels out/demo/labels-lds \\
+        --model out/demo/model --budgets 25 50 --output out/bench/selection.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from datasets import load_dataset
+
+from airrep.labels.corpus import generate_split_records
+from airrep.labels.subset_training import SFTSettings, train_and_score
+from airrep.labels.target_lm import load_target_lm, sft_example
+from airrep.lds import bootstrap_ci
+from airrep.outputs import write_json
+from airrep.presets import bf16_available
+from airrep.serving.selection import distinct, pair_scores, select
+from configuration_airrep import format_text
+
+HELD_OUT_SEED_OFFSET = 7919  # a fresh draw of the corpus generator, never the corpus's own seed
+
+
+def held_out_records(summary: dict, n: int) -> list[dict]:
+    """``n`` fresh records of the built-in corpus, none of whose texts is in its pool or warm-start data."""
+    corpus = summary["corpus"]
+    own = generate_split_records(corpus["sizes"], corpus["seed"])
+    seen = {format_text(r) for split in own.values() for r in split}
+    fresh = generate_split_records({"test": n}, corpus["seed"] + HELD_OUT_SEED_OFFSET)["test"]
+    return [r for r in fresh if format_text(r) not in seen]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--labels", required=True, help="labels made on the built-in corpus (their pool, target LM, SFT)"
+    )
+    parser.add_argument("--model", required=True, help="the AirRep checkpoint of method 'airrep'")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[25, 50], help="examples selected (k)")
+    parser.add_argument("--tasks", type=int, default=8, help="target tasks")
+    parser.add_argument("--seeds", type=int, default=3, help="draws of targets (and fine-tuning seeds) per task")
+    parser.add_argument("--n_targets", type=int, default=4, help="target examples per task and seed")
+    parser.add_argument("--n_eval", type=int, default=8, help="held-out examples per task that measure it")
+    parser.add_argument("--strategy", default="round-robin")
+    parser.add_argument("--methods", nargs="+", default=["random", "oracle", "tfidf", "bm25", "base-encoder", "airrep"])
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    folder = Path(args.labels)
+    summary = json.loads((folder / "summary.json").read_text())
+    pool = [{k: v for k, v in r.items() if v is not None} for r in load_dataset(str(folder), "pool", split="train")]
+    pool_texts = [r["text"] for r in pool]
+    candidates = distinct(pool_texts)
+    fresh = held_out_records(summary, 6000)
+    by_task: dict[str, list[dict]] = {}
+    for record in fresh:
+        by_task.setdefault(record["task"], []).append(record)
+    need = args.n_targets + args.n_eval
+    eligible = sorted(t for t, rs in by_task.items() if len(rs) >= need and any(p["task"] == t for p in pool))
+    tasks = sorted(np.random.default_rng(0).choice(eligible, size=min(args.tasks, len(eligible)), replace=False))
+    print(f"{len(fresh)} held-out records; tasks: {', '.join(tasks)}")
+
+    # Targets and measuring examples of every (task, seed); rows index `units`.
+    units, target_texts, eval_records = [], [], []
+    for task in tasks:
+        for seed in range(args.seeds):
+            order = np.random.default_rng([seed, len(units)]).permutation(len(by_task[task]))
+            chosen = [by_task[task][i] for i in order[:need]]
+            units.append(
+                {"task": task, "seed": seed, "targets": slice(len(target_texts), len(target_texts) + args.n_targets)}
+            )
+            target_texts += [format_text(r) for r in chosen[: args.n_targets]]
+            eval_records += chosen[args.n_targets :]
+
+    candidate_texts = [pool_texts[i] for i in candidates]
+    scores = {}
+    for method in args.methods:
+        if method in ("random", "oracle"):
+            continue
+        tic = time.perf_counter()
+        scores[method], _ = pair_scores(method, candidate_texts, target_texts, model=args.model)
+        print(f"{method}: pair scores in {time.perf_counter() - tic:.1f} s")
+
+    def selection(method: str, unit: int, k: int) -> np.ndarray:
+        rng = np.random.default_rng([unit, k, 17])
+        if method == "random":
+            return candidates[rng.permutation(len(candidates))[:k]]
+        if method == "oracle":
+            task = units[unit]["task"]
+            same = [i for i in rng.permutation(len(candidates)) if pool[candidates[i]]["task"] == task]
+            rest = [i for i in rng.permutation(len(candidates)) if pool[candidates[i]]["task"] != task]
+            return candidates[np.asarray((same + rest)[:k])]
+        return candidates[select(scores[method][units[unit]["targets"]], k, args.strategy).rows]
+
+    model, tokenizer = load_target_lm(summary["target_lm"])
+    settings = summary["settings"]
+    sft = SFTSettings.from_recipe({**settings, "bf16": settings.get("bf16", False) and bf16_available()})
+    if settings.get("models_per_batch", 1) > 1:
+        model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
+    max_length = getattr(model.config, "max_position_embeddings", 512)
+    pool_examples = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(pool)]
+    eval_examples = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(eval_records)]
+
+    losses: dict[str, dict[int, np.ndarray]] = {m: {} for m in args.methods}
+    per_batch = max(1, settings.get("models_per_batch", 1))
+    tic = time.perf_counter()
+    for k in args.budgets:
+        jobs = [(m, u) for u in range(len(units)) for m in args.methods]
+        values = np.empty(len(jobs))
+        for start in range(0, len(jobs), per_batch):
+            batch = jobs[start : start + per_batch]
+            out = train_and_score(
+                model, pool_examples, eval_examples,
+                [selection(m, u, k) for m, u in batch],
+                [np.arange(u * args.n_eval, (u + 1) * args.n_eval) for _, u in batch],
+                [1000 * u + 7 for _, u in batch],  # one fine-tuning seed per (task, seed): methods are paired
+                sft, tokenizer.pad_token_id,
+            )  # fmt: skip
+            values[start : start + len(batch)] = out.mean(axis=1)
+        for m in args.methods:
+            losses[m][k] = np.array([values[j] for j, (mm, _) in enumerate(jobs) if mm == m])
+    train_seconds = time.perf_counter() - tic
+
+    results = {"tasks": tasks, "seeds": args.seeds, "n_targets": args.n_targets, "n_eval": args.n_eval,
+               "strategy": args.strategy, "labels": str(folder), "model": args.model, "sft": settings,
+               "train_seconds": train_seconds, "budgets": {}}  # fmt: skip
+    print(f"\n{len(units)} (task, seed) units, {len(args.methods) * len(units) * len(args.budgets)} fine-tunes "
+          f"in {train_seconds:.0f} s. Held-out loss after fine-tuning on k selected examples; the difference is "
+          "random's loss minus the method's (positive: the selection taught the task better), 95% bootstrap "
+          "over (task, seed) units.\n")  # fmt: skip
+    reference = "airrep" if "airrep" in args.methods else None
+    header = "k = {k}: loss | vs random" + (" | airrep minus this" if reference else "")
+    print("| method | " + " | ".join(header.format(k=k) for k in args.budgets) + " |")
+    print("|---|" + ("---|---|" + ("---|" if reference else "")) * len(args.budgets))
+    for m in args.methods:
+        cells = []
+        for k in args.budgets:
+            diff = losses["random"][k] - losses[m][k]
+            low, high = bootstrap_ci(diff, 2000)
+            entry = {"loss": float(losses[m][k].mean()), "difference": float(diff.mean()), "difference_ci": [low, high],
+                     "per_unit": losses[m][k].tolist()}  # fmt: skip
+            cell = f"{entry['loss']:.3f} | {entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
+            if reference:
+                # Loss of this method minus AirRep's: positive where AirRep's selection taught the task better.
+                versus = losses[m][k] - losses[reference][k]
+                v_low, v_high = bootstrap_ci(versus, 2000)
+                entry |= {"airrep_difference": float(versus.mean()), "airrep_difference_ci": [v_low, v_high]}
+                cell += f" | {versus.mean():+.3f} [{v_low:+.3f}, {v_high:+.3f}]"
+            results["budgets"].setdefault(str(k), {})[m] = entry
+            cells.append(cell)
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    if args.output:
+        write_json(args.output, results)
+
+
+if __name__ == "__main__":
+    main()
