@@ -11,7 +11,8 @@ seed, so differences against random selection are paired; intervals resample (ta
 
 Methods: ``random``; ``oracle`` (pool examples of the target task, in a seeded order, then random ones
 if the task has fewer than ``k``: the upper reference a method cannot see); ``tfidf``, ``bm25``,
-``base-encoder`` and ``airrep`` (``--model``).
+``base-encoder``, ``airrep`` (``--model``), and the gradient methods ``grad-cos`` (cosine of projected
+gradients, as LESS ranks data) and ``logra``, on the labels' target LM fine-tuned on the pool.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_selection.py --labels out/demo/labels-lds \\
         --model out/demo/model --budgets 25 50 --output out/bench/selection.json
@@ -60,7 +61,12 @@ def main() -> None:
     parser.add_argument("--n_targets", type=int, default=4, help="target examples per task and seed")
     parser.add_argument("--n_eval", type=int, default=8, help="held-out examples per task that measure it")
     parser.add_argument("--strategy", default="round-robin")
-    parser.add_argument("--methods", nargs="+", default=["random", "oracle", "tfidf", "bm25", "base-encoder", "airrep"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["random", "oracle", "tfidf", "bm25", "base-encoder", "grad-cos", "logra", "airrep"],
+    )
+    parser.add_argument("--projection_dim", type=int, default=4096, help="gradient features per example")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -79,7 +85,7 @@ def main() -> None:
     print(f"{len(fresh)} held-out records; tasks: {', '.join(tasks)}")
 
     # Targets and measuring examples of every (task, seed); rows index `units`.
-    units, target_texts, eval_records = [], [], []
+    units, target_texts, target_records, eval_records = [], [], [], []
     for task in tasks:
         for seed in range(args.seeds):
             order = np.random.default_rng([seed, len(units)]).permutation(len(by_task[task]))
@@ -87,6 +93,7 @@ def main() -> None:
             units.append(
                 {"task": task, "seed": seed, "targets": slice(len(target_texts), len(target_texts) + args.n_targets)}
             )
+            target_records += chosen[: args.n_targets]
             target_texts += [format_text(r) for r in chosen[: args.n_targets]]
             eval_records += chosen[args.n_targets :]
 
@@ -96,7 +103,9 @@ def main() -> None:
         if method in ("random", "oracle"):
             continue
         tic = time.perf_counter()
-        scores[method], _ = pair_scores(method, candidate_texts, target_texts, model=args.model)
+        scores[method], _ = pair_scores(method, candidate_texts, target_texts, model=args.model,
+                                        pool_records=[pool[i] for i in candidates], target_records=target_records,
+                                        labels=args.labels, projection_dim=args.projection_dim)  # fmt: skip
         print(f"{method}: pair scores in {time.perf_counter() - tic:.1f} s")
 
     def selection(method: str, unit: int, k: int) -> np.ndarray:

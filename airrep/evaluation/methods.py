@@ -16,10 +16,10 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -201,12 +201,25 @@ def lexical_method(name: str) -> Callable[[EvalData, EvalPreset, EvalArguments],
 class GradientState:
     """The target LM fine-tuned on the whole pool and the gradients that several methods share."""
 
-    def __init__(self, data: EvalData, preset: EvalPreset, args: EvalArguments, dims: list[int]) -> None:
-        target = args.target_lm or data.summary.get("target_lm")
-        settings = data.summary.get("settings")
+    def __init__(
+        self,
+        target: str | None,
+        settings: Mapping[str, Any] | None,
+        pool_records: Sequence[Mapping[str, Any]],
+        query_records: Sequence[Mapping[str, Any]],
+        preset: EvalPreset,
+        dims: list[int],
+        gradient_memory_gib: float = 6.0,
+        source: str = "the labels",
+    ) -> None:
+        """Fine-tune ``target`` on the whole pool with the SFT ``settings`` a labels dataset records.
+
+        Raises:
+            UsageError: no target LM or no settings (``source`` names where they were looked for).
+        """
         if target is None or settings is None:
             raise UsageError(
-                f"{data.source} has no summary.json recording its target LM and SFT settings; "
+                f"{source} has no summary.json recording its target LM and SFT settings; "
                 "the gradient methods need --target_lm and labels made by generate_labels.py"
             )
         tic = time.perf_counter()
@@ -214,15 +227,15 @@ class GradientState:
         self.model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
         self.pad_id = tokenizer.pad_token_id
         max_length = getattr(self.model.config, "max_position_embeddings", 512)
-        self.pool = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.pool_records)]
-        self.queries = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(data.query_records)]
+        self.pool = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(pool_records)]
+        self.queries = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(query_records)]
         sft = SFTSettings.from_recipe(settings)
         self.checkpoints = finetune(self.model, self.pool, np.arange(len(self.pool)), preset.seed, sft, self.pad_id)
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft
         self.preset = preset
         self.dims = dims
-        self.gradient_memory_gib = args.gradient_memory_gib
+        self.gradient_memory_gib = gradient_memory_gib
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self._projectors: list[GradientProjector] | None = None
         self.projector_seconds: dict[int, float] = {}  # building each size's matrix, a one-off cost
@@ -265,47 +278,52 @@ class GradientState:
         return (f"target LM `{self.target}` fine-tuned on the whole pool ({self.sft.epochs} epoch(s), lr "
                 f"{self.sft.learning_rate}, batch {self.sft.batch_size}{precision})")  # fmt: skip
 
-
-def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
-    """Gradient method ``name`` with ``d`` numbers per checkpoint (LoGra: at most ``d``)."""
-
-    def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
+    def features(self, name: str, d: int, logra_rank: int | None = None) -> Featurized:
+        """Gradient method ``name`` with ``d`` numbers per checkpoint (LoGra: at most ``d``; ``logra_rank``
+        fixes its k instead), for the pool and the queries."""
         shared_bytes = 0.0
-        setup = state.setup_seconds
+        setup = self.setup_seconds
         if name in ("grad-dot", "grad-cos"):
-            pool, queries, seconds = state.projected(len(state.checkpoints) - 1, d)
+            pool, queries, seconds = self.projected(len(self.checkpoints) - 1, d)
             if name == "grad-cos":
                 pool, queries = unit_rows(pool), unit_rows(queries)
             what = "dot products" if name == "grad-dot" else "cosine similarities"
-            description = f"{what} of per-example gradients (sparse random projection to {d}) of the {state.about()}"
+            description = f"{what} of per-example gradients (sparse random projection to {d}) of the {self.about()}"
         elif name == "tracin":
-            parts = [state.projected(c, d) for c in range(len(state.checkpoints))]
-            rates = [rate for _, rate in state.checkpoints]
+            parts = [self.projected(c, d) for c in range(len(self.checkpoints))]
+            rates = [rate for _, rate in self.checkpoints]
             pool = tracin_features([p[0] for p in parts], rates)
             queries = tracin_features([p[1] for p in parts], rates)
             seconds = sum(p[2] for p in parts)
             description = (f"TracIn-CP over {len(parts)} end-of-epoch checkpoints, each gradient projected to {d}, "
-                           f"weighted by the epoch's mean learning rate; {state.about()}")  # fmt: skip
+                           f"weighted by the epoch's mean learning rate; {self.about()}")  # fmt: skip
         else:
-            model = state.final_model()
+            model = self.final_model()
             n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-            rank = args.logra_rank or max(1, int(np.sqrt(d / n_linear)))
-            logra = LoGra(model, rank, preset.seed, preset.logra_damping)
+            rank = logra_rank or max(1, int(np.sqrt(d / n_linear)))
+            logra = LoGra(model, rank, self.preset.seed, self.preset.logra_damping)
             tic = time.perf_counter()
-            pool = logra.features(state.pool, state.pad_id, preset.gradient_batch_size, "LoGra pool")
+            pool = logra.features(self.pool, self.pad_id, self.preset.gradient_batch_size, "LoGra pool")
             logra.fit_fisher(pool)
-            queries = logra.precondition(logra.features(state.queries, state.pad_id, preset.gradient_batch_size,
+            queries = logra.precondition(logra.features(self.queries, self.pad_id, self.preset.gradient_batch_size,
                                                         "LoGra queries"))  # fmt: skip
             seconds = time.perf_counter() - tic
             # The inverse Fisher is stored too (float32), amortised over the pool.
             shared_bytes = sum(m.nbytes for m in logra.inverse_fisher) / 2
             description = (f"LoGra: {n_linear} linear layers, Kronecker-factored projection {rank}x{rank} each "
                            f"({logra.dim} numbers), damped empirical-Fisher preconditioning "
-                           f"({preset.logra_damping} x mean eigenvalue); {state.about()}")  # fmt: skip
+                           f"({self.preset.logra_damping} x mean eigenvalue); {self.about()}")  # fmt: skip
         if name != "logra":
-            setup += state.projector_seconds[d]
+            setup += self.projector_seconds[d]
         bytes_per_example = pool.shape[1] * pool.itemsize + shared_bytes / len(pool)
         return Featurized("gradient", description, seconds, bytes_per_example, queries, pool,
                           setup_seconds=setup)  # fmt: skip
+
+
+def gradient_method(name: str, d: int) -> Callable[[EvalData, EvalPreset, EvalArguments], Featurized]:
+    """Gradient method ``name`` with ``d`` numbers per checkpoint, as an evaluation runs it."""
+
+    def run(data: EvalData, preset: EvalPreset, args: EvalArguments, state: GradientState) -> Featurized:
+        return state.features(name, d, args.logra_rank)
 
     return run

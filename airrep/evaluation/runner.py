@@ -272,7 +272,10 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
                     len(data.query_texts))  # fmt: skip
         try:
             if name in gradient_names:
-                state = state or GradientState(data, preset, args, dims)
+                state = state or GradientState(
+                    args.target_lm or data.summary.get("target_lm"), data.summary.get("settings"), data.pool_records,
+                    data.query_records, preset, dims, args.gradient_memory_gib, data.source,
+                )  # fmt: skip
                 features = runner(data, preset, args, state)
             else:
                 features = runner(data, preset, args)

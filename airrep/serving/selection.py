@@ -1,7 +1,9 @@
 """Data selection: the pool examples that an attribution method says will teach the target examples.
 
 :func:`select_data` is what ``select_data.py`` runs. A method scores every (target, pool example)
-pair; a strategy turns those pair scores into one ranked selection of ``budget`` examples:
+pair: AirRep, its untrained encoder, TF-IDF, BM25, random scores, or a gradient method of
+:mod:`airrep.evaluation` (on the target LM a labels dataset names, fine-tuned on the pool with its
+SFT settings). A strategy turns those pair scores into one ranked selection of ``budget`` examples:
 
 - ``round-robin`` (the authors' rule): the targets take turns, each taking its best example not yet
   taken;
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,9 @@ from modeling_airrep import group_influence
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("airrep", "base-encoder", "tfidf", "bm25", "random")
+TEXT_METHODS = ("airrep", "base-encoder", "tfidf", "bm25", "random")
+GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
+METHODS = (*TEXT_METHODS, *GRADIENT_METHODS)
 STRATEGIES = ("round-robin", "max", "mean", "sum", "attention")
 SELECTION_FILE = "selection.json"
 ADDED_COLUMNS = ("score", "rank", "target")
@@ -69,6 +73,14 @@ class SelectArguments:
     target_split: str = field(default="train", metadata={"help": "Split of a dataset of targets."})
     base_encoder: str | None = field(
         default=None, metadata={"help": "Encoder of method 'base-encoder' (default: the bundled all-MiniLM-L6-v2)."}
+    )
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "For the gradient methods: a labels dataset (folder or Hub id) whose summary.json names "
+                          "the target LM and the SFT settings; the target LM is fine-tuned on the pool with them."},
+    )  # fmt: skip
+    projection_dim: int = field(
+        default=4096, metadata={"help": "Gradient features per example of the gradient methods (LoGra: at most)."}
     )
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder forward."})
     seed: int = field(default=0, metadata={"help": "Seed of method 'random'."})
@@ -193,17 +205,26 @@ def pair_scores(
     seed: int = 0,
     batch_size: int = 64,
     pool_embeddings: np.ndarray | None = None,
+    pool_records: Sequence[dict] | None = None,
+    target_records: Sequence[dict] | None = None,
+    labels: str | None = None,
+    projection_dim: int = 4096,
 ) -> tuple[np.ndarray, str]:
     """``(targets x pool)`` scores of ``method``, and a description of it for the card.
 
     Args:
         model: The AirRep checkpoint of method ``airrep``.
         pool_embeddings: The pool's embeddings by ``model``, when they are stored (an embeddings dataset).
+        pool_records, target_records, labels, projection_dim: What a gradient method needs: the
+            records (their prompts and responses), and the labels whose target LM and SFT settings give
+            the model whose gradients are taken (:class:`airrep.evaluation.methods.GradientState`).
     """
     from airrep.evaluation.methods import base_normalises, check_checkpoint
     from airrep.evaluation.text_baselines import bm25_scores, tfidf_scores
     from modeling_airrep import AirRepModel
 
+    if method in GRADIENT_METHODS:
+        return _gradient_scores(method, pool_records, target_records, labels, projection_dim, seed)
     if method == "random":
         scores = np.random.default_rng(seed).random(len(pool_texts))
         return np.broadcast_to(scores, (len(target_texts), len(pool_texts))), f"random (seed {seed})"
@@ -225,6 +246,26 @@ def pair_scores(
     for start in range(0, len(pool_embeddings), chunk):
         scores[:, start : start + chunk] = targets @ np.asarray(pool_embeddings[start : start + chunk], np.float32).T
     return scores, about
+
+
+def _gradient_scores(method, pool_records, target_records, labels, projection_dim, seed) -> tuple[np.ndarray, str]:
+    from airrep.evaluation.methods import GradientState
+    from airrep.labels.dataset import SUMMARY_FILE, labels_folder
+    from airrep.presets import EVAL_PRESETS
+
+    if labels is None:
+        raise UsageError(f"method {method!r} needs --labels: the labels dataset whose target LM it takes gradients of")
+    summary_file = labels_folder(labels) / SUMMARY_FILE
+    if not summary_file.is_file():
+        raise UsageError(f"--labels {labels}: no {SUMMARY_FILE} recording the target LM and its SFT settings")
+    if projection_dim < 1:
+        raise UsageError(f"--projection_dim must be at least 1, got {projection_dim}")
+    summary = json.loads(summary_file.read_text())
+    preset = replace(EVAL_PRESETS["demo"], projection_dim=projection_dim, seed=seed)
+    state = GradientState(summary.get("target_lm"), summary.get("settings"), pool_records, target_records, preset,
+                          [projection_dim], source=labels)  # fmt: skip
+    features = state.features(method, projection_dim)
+    return features.pair_scores(), features.description
 
 
 def _fingerprint(records: Sequence[dict]) -> str:
@@ -280,8 +321,12 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
     check_budget(budget, len(candidates))
 
     embeddings = None if pool_embeddings is None else pool_embeddings[candidates]
+    if args.labels is not None and args.method not in GRADIENT_METHODS:
+        raise UsageError(f"--labels applies only to the gradient methods {GRADIENT_METHODS}, not {args.method!r}")
     scores, about = pair_scores(args.method, [pool_texts[i] for i in candidates], target_texts, args.model,
-                                args.base_encoder, args.seed, args.batch_size, embeddings)  # fmt: skip
+                                args.base_encoder, args.seed, args.batch_size, embeddings,
+                                [pool[i] for i in candidates], targets, args.labels,
+                                args.projection_dim)  # fmt: skip
     chosen = select(scores, budget, args.strategy)
     rows = candidates[chosen.rows]
     selected = [

@@ -150,11 +150,14 @@ def test_an_embeddings_dataset_is_a_pool(corpus, saved_folder, model, tmp_path):
         ({"method": "airrep"}, "method 'airrep' needs a checkpoint"),
         ({"method": "bm25", "model": "{target_lm}"}, "--model applies only to method 'airrep'"),
         ({"pool": "{missing}"}, "pool .* cannot be read"),
+        ({"method": "grad-cos"}, "method 'grad-cos' needs --labels"),
+        ({"method": "tfidf", "labels": "{labels_lds}"}, "--labels applies only to the gradient methods"),
     ],
 )
 def test_bad_input_gets_a_clear_error(labels, corpus, tmp_path, overrides, message):
     places = {"bad_targets": _write_jsonl(tmp_path / "bad.jsonl", [{"question": "x", "answer": "y"}]),
-              "target_lm": str(labels / "target-lm"), "missing": str(tmp_path / "missing")}  # fmt: skip
+              "target_lm": str(labels / "target-lm"), "missing": str(tmp_path / "missing"),
+              "labels_lds": str(labels / "labels-lds")}  # fmt: skip
     arguments = {"pool": str(corpus), "targets": "task:add", "output_dir": str(tmp_path / "out"), "method": "tfidf"}
     arguments |= {k: v.format(**places) if isinstance(v, str) else v for k, v in overrides.items()}
     with pytest.raises(UsageError, match=message):
@@ -167,3 +170,17 @@ def test_the_command_line_reports_a_mistake_in_one_line(corpus, tmp_path):
                   "--strategy", "best", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("select_data.py: error: unknown strategy 'best'")
+
+
+@pytest.mark.parametrize("method", ["grad-cos", "logra"])
+def test_gradient_methods_select_with_the_labels_target_lm(labels, corpus, tmp_path, method):
+    summary = select_data(SelectArguments(pool=str(corpus), targets="task:add", output_dir=str(tmp_path / "g"),
+                                          method=method, labels=str(labels / "labels-lds"), projection_dim=64,
+                                          budget="8", strategy="sum"))  # fmt: skip
+    selection = load_dataset(str(tmp_path / "g"), split="train")
+    assert selection.num_rows == 8 and len(set(summary["pool_rows"])) == 8
+    assert selection["score"] == sorted(selection["score"], reverse=True)
+    assert "target LM" in summary["method"] and str(labels / "target-lm") in summary["method"]
+    if method == "grad-cos":  # a sum of cosine similarities over the targets
+        n_targets = summary["n_targets"]
+        assert all(-n_targets - 1e-4 <= s <= n_targets + 1e-4 for s in selection["score"])
