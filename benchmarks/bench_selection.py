@@ -156,7 +156,7 @@ def main() -> None:
           "random's loss minus the method's (positive: the selection taught the task better), 95% bootstrap "
           "over (task, seed) units.\n")  # fmt: skip
     reference = "airrep" if "airrep" in args.methods else None
-    header = "k = {k}: loss | vs random" + (" | airrep minus this" if reference else "")
+    header = "k = {k}: loss | random minus this" + (" | this minus airrep" if reference else "")
     print("| method | " + " | ".join(header.format(k=k) for k in args.budgets) + " |")
     print("|---|" + ("---|---|" + ("---|" if reference else "")) * len(args.budgets))
     for m in args.methods:
