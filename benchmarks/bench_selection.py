@@ -21,19 +21,14 @@ gradients, as LESS ranks data) and ``logra``, on the labels' target LM fine-tune
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
+from retraining import Retraining, difference_plot, paired
 
 from airrep.labels.corpus import generate_split_records
-from airrep.labels.subset_training import SFTSettings, train_and_score
-from airrep.labels.target_lm import load_target_lm, sft_example
-from airrep.lds import bootstrap_ci
 from airrep.outputs import write_json
-from airrep.presets import bf16_available
 from airrep.serving.selection import distinct, pair_scores, select
 from configuration_airrep import format_text
 
@@ -71,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(args.labels)
-    summary = json.loads((folder / "summary.json").read_text())
-    pool = [{k: v for k, v in r.items() if v is not None} for r in load_dataset(str(folder), "pool", split="train")]
+    retraining = Retraining.from_labels(folder)
+    summary, pool = retraining.summary, retraining.pool
     pool_texts = [r["text"] for r in pool]
     candidates = distinct(pool_texts)
     fresh = held_out_records(summary, 6000)
@@ -119,37 +114,23 @@ def main() -> None:
             return candidates[np.asarray((same + rest)[:k])]
         return candidates[select(scores[method][units[unit]["targets"]], k, args.strategy).rows]
 
-    model, tokenizer = load_target_lm(summary["target_lm"])
-    settings = summary["settings"]
-    sft = SFTSettings.from_recipe({**settings, "bf16": settings.get("bf16", False) and bf16_available()})
-    if settings.get("models_per_batch", 1) > 1:
-        model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
-    max_length = getattr(model.config, "max_position_embeddings", 512)
-    pool_examples = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(pool)]
-    eval_examples = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(eval_records)]
-
+    eval_examples = retraining.examples(eval_records)
     losses: dict[str, dict[int, np.ndarray]] = {m: {} for m in args.methods}
-    per_batch = max(1, settings.get("models_per_batch", 1))
     tic = time.perf_counter()
     for k in args.budgets:
         jobs = [(m, u) for u in range(len(units)) for m in args.methods]
-        values = np.empty(len(jobs))
-        for start in range(0, len(jobs), per_batch):
-            batch = jobs[start : start + per_batch]
-            out = train_and_score(
-                model, pool_examples, eval_examples,
-                [selection(m, u, k) for m, u in batch],
-                [np.arange(u * args.n_eval, (u + 1) * args.n_eval) for _, u in batch],
-                [1000 * u + 7 for _, u in batch],  # one fine-tuning seed per (task, seed): methods are paired
-                sft, tokenizer.pad_token_id,
-            )  # fmt: skip
-            values[start : start + len(batch)] = out.mean(axis=1)
+        values = retraining.losses(
+            eval_examples,
+            [selection(m, u, k) for m, u in jobs],
+            [np.arange(u * args.n_eval, (u + 1) * args.n_eval) for _, u in jobs],
+            [1000 * u + 7 for _, u in jobs],  # one fine-tuning seed per (task, seed): methods are paired
+        )
         for m in args.methods:
             losses[m][k] = np.array([values[j] for j, (mm, _) in enumerate(jobs) if mm == m])
     train_seconds = time.perf_counter() - tic
 
     results = {"tasks": tasks, "seeds": args.seeds, "n_targets": args.n_targets, "n_eval": args.n_eval,
-               "strategy": args.strategy, "labels": str(folder), "model": args.model, "sft": settings,
+               "strategy": args.strategy, "labels": str(folder), "model": args.model, "sft": summary["settings"],
                "train_seconds": train_seconds, "budgets": {}}  # fmt: skip
     print(f"\n{len(units)} (task, seed) units, {len(args.methods) * len(units) * len(args.budgets)} fine-tunes "
           f"in {train_seconds:.0f} s. Held-out loss after fine-tuning on k selected examples; the difference is "
@@ -162,22 +143,26 @@ def main() -> None:
     for m in args.methods:
         cells = []
         for k in args.budgets:
-            diff = losses["random"][k] - losses[m][k]
-            low, high = bootstrap_ci(diff, 2000)
-            entry = {"loss": float(losses[m][k].mean()), "difference": float(diff.mean()), "difference_ci": [low, high],
-                     "per_unit": losses[m][k].tolist()}  # fmt: skip
+            entry = {"loss": float(losses[m][k].mean()), "per_unit": losses[m][k].tolist()}
+            entry |= paired(losses["random"][k], losses[m][k])  # random minus this: positive = taught better
+            low, high = entry["difference_ci"]
             cell = f"{entry['loss']:.3f} | {entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
             if reference:
-                # Loss of this method minus AirRep's: positive where AirRep's selection taught the task better.
-                versus = losses[m][k] - losses[reference][k]
-                v_low, v_high = bootstrap_ci(versus, 2000)
-                entry |= {"airrep_difference": float(versus.mean()), "airrep_difference_ci": [v_low, v_high]}
-                cell += f" | {versus.mean():+.3f} [{v_low:+.3f}, {v_high:+.3f}]"
+                versus = paired(losses[m][k], losses[reference][k])  # positive where AirRep taught better
+                entry |= {"airrep_difference": versus["difference"], "airrep_difference_ci": versus["difference_ci"]}
+                v_low, v_high = versus["difference_ci"]
+                cell += f" | {versus['difference']:+.3f} [{v_low:+.3f}, {v_high:+.3f}]"
             results["budgets"].setdefault(str(k), {})[m] = entry
             cells.append(cell)
         print(f"| {m} | " + " | ".join(cells) + " |")
     if args.output:
         write_json(args.output, results)
+        plot = str(Path(args.output).with_suffix(".png"))
+        entries = {f"k = {k}": v for k, v in results["budgets"].items()}
+        difference_plot(entries, "difference", "held-out loss: random minus method",
+                        f"Selection for {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals",
+                        plot)  # fmt: skip
+        print(f"\nwrote {args.output} and {plot}")
 
 
 if __name__ == "__main__":
