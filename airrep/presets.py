@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from airrep.cli import UsageError
 from airrep.labels.subset_training import SFTSettings
 from airrep.labels.target_lm import TargetLMSpec
+
+P = TypeVar("P")
 
 
 def bf16_available() -> bool:
@@ -121,6 +125,13 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         noise_ceiling=100,
     ),
 }  # fmt: skip
+
+
+def named(presets: Mapping[str, P], name: str) -> P:
+    """The preset called ``name`` in ``presets``; an unknown name is a user error listing the known ones."""
+    if name not in presets:
+        raise UsageError(f"--preset must be one of {sorted(presets)}, got {name!r}")
+    return presets[name]
 
 
 def resolve(preset: LabelPreset, overrides: dict[str, Any]) -> LabelPreset:

@@ -1,26 +1,16 @@
 """The repository's shape: dependencies point one way (command lines -> airrep -> shipped modules),
 the library is organised by stage, and the docs that users follow resolve."""
 
-import ast
 import importlib
 import re
 
 import pytest
 from helpers import REPO
 
+from airrep.serving.validate import imported_modules
+
 SCRIPTS = sorted(p.stem for p in REPO.glob("*.py") if p.stem not in {"configuration_airrep", "modeling_airrep"})
 STAGES = ("labels", "training", "evaluation", "serving")
-
-
-def _imported_modules(path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
 
 
 def test_the_command_lines_are_the_ones_documented():
@@ -30,7 +20,7 @@ def test_the_command_lines_are_the_ones_documented():
 @pytest.mark.parametrize("folder", ["airrep", "tests", "benchmarks", "space", "metrics"])
 def test_nothing_imports_a_command_line(folder):
     offenders = {
-        str(path.relative_to(REPO)): sorted(_imported_modules(path) & set(SCRIPTS))
+        str(path.relative_to(REPO)): sorted(imported_modules(path) & set(SCRIPTS))
         for path in (REPO / folder).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -38,7 +28,7 @@ def test_nothing_imports_a_command_line(folder):
 
 def test_the_shipped_modules_import_nothing_of_the_project():
     for name in ("configuration_airrep", "modeling_airrep"):
-        imported = _imported_modules(REPO / f"{name}.py")
+        imported = imported_modules(REPO / f"{name}.py")
         assert not imported & {"airrep", *SCRIPTS}, (name, imported)
 
 

@@ -46,7 +46,7 @@ from airrep.evaluation.report import bar_chart, markdown_table, scores_path
 from airrep.evaluation.text_baselines import TEXT_METHODS
 from airrep.lds import lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
-from airrep.presets import EVAL_PRESETS, EvalPreset, resolve
+from airrep.presets import EVAL_PRESETS, EvalPreset, named, resolve
 from configuration_airrep import GROUP_POOLINGS
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         The resolved preset, the methods, and the gradient projection sizes (the preset's, or
         ``--projection_dim``; the preset's ``projection_dim`` is the first of them).
     """
-    if args.preset not in EVAL_PRESETS:
-        raise UsageError(f"--preset must be one of {sorted(EVAL_PRESETS)}, got {args.preset!r}")
+    base = named(EVAL_PRESETS, args.preset)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -134,7 +133,7 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         raise UsageError(f"--projection_dim must be at least 1, got {bad[0]}")
     overrides = {k: getattr(args, k) for k in ("gradient_batch_size", "encode_batch_size", "bootstrap_resamples",
                                                "classification_k", "seed")}  # fmt: skip
-    preset = resolve(EVAL_PRESETS[args.preset], {**overrides, "projection_dim": dims[0] if dims else None})
+    preset = resolve(base, {**overrides, "projection_dim": dims[0] if dims else None})
     for name in ("projection_dim", "gradient_batch_size", "encode_batch_size", "bootstrap_resamples",
                  "classification_k"):  # fmt: skip
         if getattr(preset, name) < 1:

@@ -31,7 +31,7 @@ from airrep.labels.ladder import scale_spec, target_lm_folder_name
 from airrep.labels.subset_training import SFTSettings, train_and_score
 from airrep.labels.target_lm import build_target_lm, load_target_lm, sft_example
 from airrep.outputs import claim, write_text
-from airrep.presets import LABEL_PRESETS, LabelPreset, bf16_available, resolve
+from airrep.presets import LABEL_PRESETS, LabelPreset, bf16_available, named, resolve
 from configuration_airrep import RecordFormatError, format_text
 
 logger = logging.getLogger(__name__)
@@ -312,10 +312,9 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
     """Generate (or resume) the labels dataset ``args`` describes; its summary on the main process, else None."""
     if args.mode not in MODES:
         raise UsageError(f"--mode must be one of {MODES}, got {args.mode!r}")
-    if args.preset not in LABEL_PRESETS:
-        raise UsageError(f"--preset must be one of {sorted(LABEL_PRESETS)}, got {args.preset!r}")
+    base = named(LABEL_PRESETS, args.preset)
     overrides = {k: v for k, v in asdict(args).items() if k not in _NOT_PRESET_FIELDS}
-    preset = resolve(LABEL_PRESETS[args.preset], overrides)
+    preset = resolve(base, overrides)
     # bf16 where the preset asks for it and the kernels exist; an explicit flag wins. What runs is recorded.
     preset = replace(preset, bf16=preset.bf16 and bf16_available() if args.bf16 is None else args.bf16)
     if args.target_lm_scale != 1:

@@ -183,8 +183,9 @@ def validate_dataset(folder: Path, load: bool = True) -> list[str]:
     return problems
 
 
-def _imports(app: Path) -> set[str]:
-    tree = ast.parse(app.read_text(), filename=str(app))
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of a Python file's absolute imports (``import a.b``, ``from a.b import c``: ``a``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -219,7 +220,9 @@ def validate_space(folder: Path, load: bool = True) -> list[str]:
             if line.strip() and not line.startswith(("#", "-"))
         }
         local = {p.stem for p in folder.glob("*.py")}
-        for name in sorted(_imports(folder / app_file) - set(sys.stdlib_module_names) - local - SPACE_SDK_PACKAGES):
+        for name in sorted(
+            imported_modules(folder / app_file) - set(sys.stdlib_module_names) - local - SPACE_SDK_PACKAGES
+        ):
             if PIP_NAMES.get(name, name).lower().replace("_", "-") not in required:
                 problems.append(f"{app_file} imports {name!r}, which requirements.txt does not install")
     if load and app_file and not problems:

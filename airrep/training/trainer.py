@@ -25,7 +25,7 @@ from airrep import cli
 from airrep.cli import UsageError
 from airrep.labels.dataset import load_labels
 from airrep.outputs import differing_keys
-from airrep.presets import TRAIN_PRESETS, bf16_available, for_precision, resolve
+from airrep.presets import TRAIN_PRESETS, bf16_available, for_precision, named, resolve
 from airrep.training.data import AirRepDataCollator, freeze_lower_layers, sample_rows, set_dropout
 from airrep.training.lds_evaluator import LDSEvaluator
 from airrep.training.ranking_loss import WEIGHTINGS, AirRepRankingLoss
@@ -135,10 +135,8 @@ def parse_arguments(
     A bf16 preset turns bf16 autocast on where its kernels exist, unless ``--bf16`` was given either way.
     """
     (args, training_args) = cli.parse((AirRepArguments, SentenceTransformerTrainingArguments), argv, description)
-    if args.preset not in TRAIN_PRESETS:
-        raise UsageError(f"--preset must be one of {sorted(TRAIN_PRESETS)}, got {args.preset!r}")
     explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
-    if TRAIN_PRESETS[args.preset].bf16 and "bf16" not in explicit and bf16_available():
+    if named(TRAIN_PRESETS, args.preset).bf16 and "bf16" not in explicit and bf16_available():
         # transformers fixes mixed precision when it builds the arguments, so parse them again with the
         # flag (and --use_cpu, which it requires for bf16 without an accelerator).
         extra = ["--bf16"] + ([] if torch.accelerator.is_available() or "use_cpu" in explicit else ["--use_cpu"])
@@ -159,14 +157,12 @@ def train_airrep(
     Returns:
         The checkpoint folder.
     """
-    if args.preset not in TRAIN_PRESETS:
-        raise UsageError(f"--preset must be one of {sorted(TRAIN_PRESETS)}, got {args.preset!r}")
+    base = named(TRAIN_PRESETS, args.preset)
     if args.weighting not in WEIGHTINGS:
         raise UsageError(f"--weighting must be one of {sorted(WEIGHTINGS)}, got {args.weighting!r}")
     overridable = ("queries_per_step", "subsets_per_step", "train_steps", "validation_splits", "mini_batch_size",
                    "frozen_layers", "dropout")  # fmt: skip
     overrides = {k: getattr(args, k) for k in overridable}
-    base = TRAIN_PRESETS[args.preset]
     # What the run uses, for the record: the precision it trains in and that precision's steps.
     preset = resolve(for_precision(base, training_args.bf16), overrides)
     if base.bf16 and not preset.bf16 and base.fp32_fallback is not None:
