@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 from datasets import load_dataset
-from retraining import Retraining, difference_plot, paired
+from retraining import Retraining, paired, save_results
 
-from airrep.outputs import write_json
 from airrep.serving.selection import pair_scores
 
 
@@ -101,13 +99,9 @@ def main() -> None:
             cells.append(f"{entry['rise']:+.4f} | {entry['difference']:+.4f} [{low:+.4f}, {high:+.4f}]")
         print(f"| {name} | " + " | ".join(cells) + " |")
     if args.output:
-        write_json(args.output, results)
-        plot = str(Path(args.output).with_suffix(".png"))
         entries = {f"m = {m}": {k: v for k, v in e.items() if k != "random"} for m, e in results["removed"].items()}
-        difference_plot(entries, "difference", "loss rise over random removal",
-                        f"Removing each of {q} test queries' top proponents, then retraining; 95% intervals",
-                        plot)  # fmt: skip
-        print(f"\nwrote {args.output} and {plot}")
+        save_results(args.output, results, entries, "loss rise over random removal",
+                     f"Removing each of {q} test queries' top proponents, then retraining; 95% intervals")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from retraining import Retraining, difference_plot, paired
+from retraining import Retraining, paired, save_results
 
 from airrep.labels.corpus import generate_split_records
-from airrep.outputs import write_json
 from airrep.serving.selection import distinct, pair_scores, select
 from configuration_airrep import format_text
 
@@ -156,13 +155,9 @@ def main() -> None:
             cells.append(cell)
         print(f"| {m} | " + " | ".join(cells) + " |")
     if args.output:
-        write_json(args.output, results)
-        plot = str(Path(args.output).with_suffix(".png"))
+        title = f"Selection for {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals"
         entries = {f"k = {k}": v for k, v in results["budgets"].items()}
-        difference_plot(entries, "difference", "held-out loss: random minus method",
-                        f"Selection for {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals",
-                        plot)  # fmt: skip
-        print(f"\nwrote {args.output} and {plot}")
+        save_results(args.output, results, entries, "held-out loss: random minus method", title)
 
 
 if __name__ == "__main__":

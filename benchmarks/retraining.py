@@ -16,7 +16,7 @@ from datasets import load_dataset
 from airrep.labels.subset_training import SFTSettings, train_and_score
 from airrep.labels.target_lm import load_target_lm, sft_example
 from airrep.lds import bootstrap_ci
-from airrep.outputs import save_figure
+from airrep.outputs import save_figure, write_json
 from airrep.presets import bf16_available
 
 
@@ -71,6 +71,15 @@ def paired(values: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     difference = np.asarray(values) - np.asarray(reference)
     low, high = bootstrap_ci(difference, 2000)
     return {"difference": float(difference.mean()), "difference_ci": [low, high]}
+
+
+def save_results(output: str, results: dict[str, Any], entries: dict[str, dict[str, dict]], ylabel: str,
+                 title: str) -> None:  # fmt: skip
+    """Write ``results`` as JSON to ``output`` and the :func:`difference_plot` of ``entries`` beside it."""
+    write_json(output, results)
+    plot = str(Path(output).with_suffix(".png"))
+    difference_plot(entries, "difference", ylabel, title, plot)
+    print(f"\nwrote {output} and {plot}")
 
 
 def difference_plot(entries: dict[str, dict[str, dict]], key: str, ylabel: str, title: str, path: str) -> None:
