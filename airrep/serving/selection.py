@@ -285,6 +285,7 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
         raise UsageError(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if args.model is not None and args.method != "airrep":
         raise UsageError(f"--model applies only to method 'airrep', not {args.method!r}")
+    model = args.model  # an embeddings pool supplies its own when none is given
     pool_embeddings, pool_source = None, {"source": args.pool, "split": args.split, "config": args.config}
     settings_file = Path(args.pool) / "embeddings.json"
     if settings_file.is_file():  # an embeddings dataset: its vectors, and the records it was made from
@@ -293,11 +294,11 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
         encoded = json.loads(settings_file.read_text())
         if args.method == "airrep" and args.model not in (None, encoded["model"]):
             raise UsageError(f"{args.pool} was encoded by {encoded['model']!r}, not --model {args.model!r}")
-        args.model = args.model or encoded["model"]
+        model = model or encoded["model"]
         pool_source = {"source": encoded["dataset"], "split": encoded["split"], "config": encoded["config"]}
         if args.method == "airrep":
             pool_embeddings = EmbeddingIndex.from_folder(args.pool).embeddings
-    if args.method == "airrep" and args.model is None:
+    if args.method == "airrep" and model is None:
         raise UsageError("method 'airrep' needs a checkpoint: pass --model FOLDER_OR_ID")
     pool = load_records(pool_source["source"], pool_source["split"], pool_source["config"], "pool")
     if pool_embeddings is not None and len(pool_embeddings) != len(pool):
@@ -323,7 +324,7 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
     embeddings = None if pool_embeddings is None else pool_embeddings[candidates]
     if args.labels is not None and args.method not in GRADIENT_METHODS:
         raise UsageError(f"--labels applies only to the gradient methods {GRADIENT_METHODS}, not {args.method!r}")
-    scores, about = pair_scores(args.method, [pool_texts[i] for i in candidates], target_texts, args.model,
+    scores, about = pair_scores(args.method, [pool_texts[i] for i in candidates], target_texts, model,
                                 args.base_encoder, args.seed, args.batch_size, embeddings,
                                 [pool[i] for i in candidates], targets, args.labels,
                                 args.projection_dim)  # fmt: skip
@@ -334,7 +335,7 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
         for rank, (row, score, target) in enumerate(zip(rows, chosen.scores, chosen.targets, strict=True), start=1)
     ]
     summary = {
-        "arguments": asdict(args),
+        "arguments": {**asdict(args), "model": model},
         "method": about,
         "pool": pool_source,
         "pool_fingerprint": _fingerprint(pool),
