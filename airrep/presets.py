@@ -50,6 +50,11 @@ class LabelPreset:
     models_per_batch: int = 4
     # bf16 autocast for the subset models where bf16 kernels exist (airrep.presets.bf16_available).
     bf16: bool = False
+    # LoRA subset models (SFTSettings.lora_*): rank 0 fine-tunes every weight.
+    lora_rank: int = SFTSettings.lora_rank
+    lora_alpha: float | None = SFTSettings.lora_alpha
+    lora_target_modules: str = SFTSettings.lora_target_modules
+    lora_seed: int = SFTSettings.lora_seed
     noise_ceiling: int = 0
     seed: int = 0
     corpus_seed: int = 1234

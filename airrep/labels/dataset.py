@@ -290,7 +290,7 @@ the mean token cross-entropy over the response tokens of `queries[queries[i]]` a
 - Target LM: `{summary["target_lm"]}`, {summary["target_lm_parameters"]:,} parameters{warm_start}.
 - SFT: AdamW, learning rate {s["learning_rate"]} with linear decay, batch {s["batch_size"]}, {s["epochs"]} epoch(s),
   weight decay {s["weight_decay"]}, response-only loss, {summary["precision"]}; plan seed {s["seed"]},
-  corpus seed {s["corpus_seed"]}.
+  corpus seed {s["corpus_seed"]}. Trained: {summary.get("trained_parameters", "every weight of the target LM")}.
 - Subset models: {summary["labels"]} in `labels`; {summary["diverged"]} diverged (non-finite loss), kept
   apart in config `diverged` and excluded from `labels`.
 - Noise ceiling: {ceiling_line}.

@@ -29,7 +29,7 @@ from airrep.labels.corpus import fingerprint, write_corpus
 from airrep.labels.dataset import MODES, write_labels_dataset
 from airrep.labels.ladder import scale_spec, target_lm_folder_name
 from airrep.labels.realtext import write_realtext_corpus
-from airrep.labels.subset_training import SFTSettings, train_and_score
+from airrep.labels.subset_training import LORA_FIELDS, SFTSettings, train_and_score
 from airrep.labels.target_lm import (
     BUILTIN_PREFIX,
     build_target_lm,
@@ -101,6 +101,17 @@ class LabelArguments:
     noise_ceiling: int | None = field(
         default=None, metadata={"help": "Override: retrain this many subsets with another seed (0 = none)."}
     )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "Train each subset model's LoRA adapters (peft) of this rank instead of every weight; "
+                          "0 = full fine-tuning (the presets' default)."},
+    )  # fmt: skip
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scale numerator (default: 2 x rank)."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Modules that get adapters: 'all-linear' (every linear layer but the output head; the "
+                          "default) or comma-separated module names, e.g. 'q_proj,v_proj'."},
+    )  # fmt: skip
     seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
     warm_start_share: float = field(
         default=0.25,
@@ -280,6 +291,9 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
     recipe.pop("corpus")  # named by the corpus fingerprint below (and absent from folders made before it existed)
+    if not recipe["lora_rank"]:  # full fine-tuning: recorded as before LoRA existed, so older folders resume
+        for name in LORA_FIELDS:
+            recipe.pop(name)
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
     if corpus.get("held_out_of_pool"):  # the pool itself depends on the warm-start draw
         settings["warm_start"] = corpus["warm_start"]
@@ -319,6 +333,7 @@ def assemble(
         "target_lm_parameters": target_parameters,
         "settings": asdict(preset),
         "precision": "bf16 autocast" if preset.bf16 else "fp32",
+        "trained_parameters": SFTSettings.from_recipe(asdict(preset)).trained_parameters(),
     }
     return write_labels_dataset(folder, shards, pool, query_records, query_extra, about)
 

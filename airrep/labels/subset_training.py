@@ -6,6 +6,10 @@ the stacked parameters is exactly one AdamW per model. With one model per batch 
 used, which works for any HF causal LM. Either way the LM head runs only at the positions whose next
 token is a response token (``target_lm.response_positions``), the only logits the loss reads.
 
+With ``SFTSettings.lora_rank`` > 0 each subset model trains LoRA adapters (``peft``) instead of every
+weight: the adapters are injected into a copy of the target LM, only they are stacked, and the frozen
+base weights are shared by every model in the batch.
+
 A training batch is packed: its examples share rows of ``SFTSettings.pack_length`` tokens, each kept
 to itself by position ids and a block-causal mask (``target_lm.collate_packed``). Examples average a
 fifth of the longest one, so padding each to the longest of the step would spend most of the step
@@ -14,6 +18,7 @@ on padding, the more so the more models are stacked.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -55,13 +60,78 @@ class SFTSettings:
     # 64 was the fastest with the demo target LM (benchmarks/HISTORY.md): longer rows fill better but
     # make the masked attention longer.
     pack_length: int = 64
+    # LoRA: 0 fine-tunes every weight. R > 0 trains rank-R adapters (peft) on the modules that
+    # ``lora_target_modules`` names (peft's "all-linear": every linear layer but the output head; or
+    # comma-separated module names), scaled by ``lora_alpha / R`` (default alpha: 2R). Every model starts
+    # from the same adapters, drawn with ``lora_seed`` (peft's init: A random, B zero, so the model starts
+    # as the target LM).
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_target_modules: str = "all-linear"
+    lora_seed: int = 0
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> SFTSettings:
         """The settings a labels recipe names (a ``LabelPreset`` as a dict, or the ``settings`` that a
         labels dataset's ``summary.json`` records); what it leaves out keeps its default."""
-        names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16")
+        names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16", *LORA_FIELDS)
         return cls(**{name: recipe[name] for name in names if name in recipe})
+
+    def trained_parameters(self) -> str:
+        """Which parameters a subset model trains, in words (for cards and summaries)."""
+        if not self.lora_rank:
+            return "every weight of the target LM (full fine-tuning)"
+        alpha = self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+        return (
+            f"LoRA adapters only (peft): rank {self.lora_rank}, alpha {alpha:g}, on {self.lora_target_modules}, "
+            f"no dropout, adapters initialised with seed {self.lora_seed}; the target LM's weights stay frozen"
+        )
+
+
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "lora_seed")
+
+
+def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
+    """A copy of ``model`` with LoRA adapters injected (``peft.inject_adapter_in_model``): the same class and
+    forward, with only the adapters trainable. ``model`` itself is not changed."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if settings.lora_rank < 1:
+        raise ValueError(f"lora_rank must be at least 1 to add adapters, got {settings.lora_rank}")
+    targets = settings.lora_target_modules
+    config = LoraConfig(
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha if settings.lora_alpha is not None else 2 * settings.lora_rank,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        lora_dropout=0.0,
+        bias="none",
+    )
+    with torch.random.fork_rng(devices=[]):  # the adapters' init is seeded without touching the caller's RNG
+        torch.manual_seed(settings.lora_seed)
+        adapted = inject_adapter_in_model(config, copy.deepcopy(model)).eval()
+    for name, parameter in adapted.named_parameters():
+        parameter.requires_grad_("lora_" in name)
+    return adapted
+
+
+def merged_parameters(adapted: torch.nn.Module, adapters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full weights, named as in the model without adapters, of ``adapted`` (from :func:`with_lora`)
+    carrying the adapter values ``adapters``: each adapted weight plus its LoRA update (peft's
+    ``get_delta_weight``), every other weight as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if name in adapters:
+                parameter.copy_(adapters[name])
+        merged = {}
+        for name, parameter in adapted.named_parameters():
+            if "lora_" not in name:
+                merged[name.replace(".base_layer.", ".")] = parameter.detach().clone()
+        for name, module in adapted.named_modules():
+            if isinstance(module, LoraLayer):
+                merged[f"{name}.weight"] = module.base_layer.weight + module.get_delta_weight("default")
+    return merged
 
 
 Inputs = dict[str, torch.Tensor]
@@ -97,14 +167,20 @@ def _stack_packed(
 
 
 class _Stacked:
-    """Copies of one model's parameters stacked along a leading dimension, run with ``vmap``."""
+    """Copies of one model's trainable parameters stacked along a leading dimension, run with ``vmap``.
+
+    Frozen parameters (the base weights under LoRA) are not copied: they are passed with the buffers,
+    outside the vmapped dimension, so every model reads the same tensors.
+    """
 
     def __init__(self, model: torch.nn.Module, n_models: int, select_logits: bool = True, bf16: bool = False) -> None:
         self.model = model
         self.buffers = dict(model.named_buffers())
+        self.buffers.update({name: p.detach() for name, p in model.named_parameters() if not p.requires_grad})
         self.params = {
             name: p.detach().unsqueeze(0).repeat(n_models, *([1] * p.ndim)).requires_grad_()
             for name, p in model.named_parameters()
+            if p.requires_grad
         }
         self.n_models = n_models
         self.select_logits = select_logits and selects_logits(model)
@@ -235,7 +311,8 @@ def train_and_score(
     was_training = model.training
     model.eval()  # no dropout: runs are reproducible and vmap needs no randomness
     try:
-        stacked = _Stacked(model, n_models, settings.response_logits_only, settings.bf16)
+        trained = with_lora(model, settings) if settings.lora_rank else model
+        stacked = _Stacked(trained, n_models, settings.response_logits_only, settings.bf16)
         _finetune(stacked, pool, subsets, seeds, settings, pad_id)
         return _losses(stacked, queries, query_sets, settings, pad_id)
     finally:
@@ -254,18 +331,21 @@ def finetune(
 
     Returns:
         One ``(parameters, mean learning rate of the epoch)`` checkpoint per epoch, taken at the end
-        of the epoch; the last is the fine-tuned model. ``model`` itself is not changed.
+        of the epoch; the last is the fine-tuned model. ``model`` itself is not changed. Under LoRA the
+        parameters are the merged full weights (:func:`merged_parameters`), named as in ``model``.
     """
     checkpoints: list[tuple[dict[str, torch.Tensor], float]] = []
+    trained = with_lora(model, settings) if settings.lora_rank else model
 
     def keep(_epoch: int, params: dict[str, torch.Tensor], rate: float) -> None:
-        checkpoints.append(({name: p[0] for name, p in params.items()}, rate))
+        weights = {name: p[0] for name, p in params.items()}
+        checkpoints.append((merged_parameters(trained, weights) if settings.lora_rank else weights, rate))
 
     was_training = model.training
     model.eval()
     try:
         _finetune(
-            _Stacked(model, 1, settings.response_logits_only, settings.bf16),
+            _Stacked(trained, 1, settings.response_logits_only, settings.bf16),
             pool,
             [np.asarray(subset)],
             [seed],

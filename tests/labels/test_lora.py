@@ -1,0 +1,149 @@
+"""LoRA subset training: stacked adapters against one-at-a-time peft training, and a frozen base."""
+
+import copy
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from airrep.labels.corpus import generate_split_records
+from airrep.labels.subset_training import SFTSettings, finetune, train_and_score, with_lora
+from airrep.labels.target_lm import collate, response_losses, sft_example, train_tokenizer
+from configuration_airrep import format_text
+
+SETTINGS = SFTSettings(epochs=2, batch_size=8, learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, lora_seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 2-layer Llama with a BPE tokenizer on the built-in corpus, its pool and queries."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    records = generate_split_records({"train": 60, "test": 10}, seed=1)
+    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], 400)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("eager")
+    pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
+    queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
+    return model, tokenizer.pad_token_id, pool, queries
+
+
+def peft_one_at_a_time(model, pool, queries, subset, seed, settings, pad_id):
+    """The reference: peft's own LoRA model, trained alone with a plain loop (padded batches, every position's
+    logits), the data order and learning-rate schedule of the subset trainer."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(settings.lora_seed)
+    config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules="all-linear",
+                        lora_dropout=0.0, bias="none")  # fmt: skip
+    peft_model = get_peft_model(copy.deepcopy(model), config).eval()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    rng = random.Random(seed)
+    steps = -(-len(subset) // settings.batch_size) * settings.epochs
+    step = 0
+    for _ in range(settings.epochs):
+        order = [int(i) for i in subset]
+        rng.shuffle(order)
+        for begin in range(0, len(order), settings.batch_size):
+            ids, labels = collate([pool[i] for i in order[begin : begin + settings.batch_size]], pad_id)
+            summed, counts = response_losses(peft_model(input_ids=ids).logits, labels)
+            (summed.sum() / counts.sum()).backward()
+            for group in optimizer.param_groups:
+                group["lr"] = settings.learning_rate * (1 - step / steps)
+            optimizer.step()
+            optimizer.zero_grad()
+            step += 1
+    with torch.no_grad():
+        ids, labels = collate(queries, pad_id)
+        summed, counts = response_losses(peft_model(input_ids=ids).logits, labels)
+    return (summed / counts).double().numpy(), peft_model
+
+
+def test_stacked_lora_models_equal_peft_models_trained_one_at_a_time(tiny):
+    model, pad_id, pool, queries = tiny
+    rng = np.random.default_rng(0)
+    subsets = [np.sort(rng.choice(len(pool), 24, replace=False)) for _ in range(3)]
+    query_sets = [np.arange(len(queries))] * 3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stacked = train_and_score(model, pool, queries, subsets, query_sets, [5, 6, 7], SETTINGS, pad_id)
+    reference = np.stack(
+        [peft_one_at_a_time(model, pool, queries, s, seed, SETTINGS, pad_id)[0] for s, seed in zip(subsets, [5, 6, 7])]
+    )
+    np.testing.assert_allclose(stacked, reference, rtol=2e-5)
+    assert not np.allclose(stacked[0], stacked[1])  # different subsets, different models
+    # Training moved the adapters: the losses differ from the untrained target LM's.
+    with torch.no_grad():
+        ids, labels = collate(queries, pad_id)
+        summed, counts = response_losses(model(input_ids=ids).logits, labels)
+    assert np.abs(stacked[0] - (summed / counts).double().numpy()).max() > 1e-2
+    for name, tensor in model.state_dict().items():  # the target LM itself is untouched
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_only_the_adapters_are_stacked_and_trained(tiny):
+    model, pad_id, pool, queries = tiny
+    adapted = with_lora(model, SETTINGS)
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    # rank 4 on the 7 linear layers of each of the 2 blocks: q, k, v, o (32 -> 32), gate, up (32 -> 64), down
+    assert sum(p.numel() for n, p in adapted.named_parameters() if n in trainable) == 2 * 4 * (
+        4 * (32 + 32) + 2 * (32 + 64) + (64 + 32)
+    )
+    assert type(adapted) is type(model)  # the same forward: packing and logits_to_keep still apply
+
+
+def test_finetune_under_lora_returns_merged_weights_with_the_base_unchanged(tiny):
+    model, pad_id, pool, queries = tiny
+    subset = np.arange(20)
+    checkpoints = finetune(model, pool, subset, 9, SETTINGS, pad_id)
+    weights, _ = checkpoints[-1]
+    assert set(weights) == set(dict(model.named_parameters()))
+    base = dict(model.named_parameters())
+    changed = {n for n in weights if not torch.equal(weights[n], base[n])}
+    assert changed and all(n.endswith("_proj.weight") for n in changed)  # norms and embeddings stay frozen
+    # The merged model is the LoRA model: its query losses are those train_and_score records ...
+    with torch.no_grad():
+        ids, labels = collate(queries, pad_id)
+        summed, counts = response_losses(functional_call(model, weights, (ids,)).logits, labels)
+    expected = train_and_score(model, pool, queries, [subset], [np.arange(len(queries))], [9], SETTINGS, pad_id)
+    np.testing.assert_allclose((summed / counts).double().numpy(), expected[0], rtol=1e-5)
+    # ... and peft's own merge of the same adapters gives the same weights.
+    _, reference = peft_one_at_a_time(model, pool, queries, subset, 9, SETTINGS, pad_id)
+    merged = reference.merge_and_unload().state_dict()
+    for name in changed:
+        torch.testing.assert_close(weights[name], merged[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_settings_name_what_is_trained():
+    assert SFTSettings().trained_parameters().startswith("every weight")
+    line = SETTINGS.trained_parameters()
+    assert "rank 4, alpha 8" in line and "all-linear" in line and "frozen" in line
+    assert SFTSettings.from_recipe({"lora_rank": 8, "epochs": 3}) == SFTSettings(epochs=3, lora_rank=8)
+    with pytest.raises(ValueError, match="lora_rank must be at least 1"):
+        with_lora(torch.nn.Linear(2, 2), dataclasses.replace(SETTINGS, lora_rank=0))
+
+
+def test_generate_labels_with_lora_records_what_was_trained(tmp_path):
+    from datasets import load_dataset
+
+    from airrep.labels import LabelArguments, generate_labels
+
+    args = LabelArguments(output_dir=str(tmp_path / "labels-lds"), preset="smoke", mode="lds", noise_ceiling=0,
+                          lora_rank=2, learning_rate=1e-2)  # fmt: skip
+    summary = generate_labels(args)
+    assert summary["settings"]["lora_rank"] == 2 and summary["labels"] == 8
+    assert summary["trained_parameters"].startswith("LoRA adapters only (peft): rank 2, alpha 4")
+    assert "Trained: LoRA adapters only (peft): rank 2" in (tmp_path / "labels-lds" / "README.md").read_text()
+    losses = np.array(load_dataset(str(tmp_path / "labels-lds"), "labels", split="train")["losses"])
+    assert np.isfinite(losses).all() and losses.std(axis=0).max() > 0  # the subsets' models differ
+    # Another rank is another recipe: the folder refuses to mix them.
+    with pytest.raises(ValueError, match="refusing to mix"):
+        generate_labels(dataclasses.replace(args, lora_rank=4))
