@@ -1,7 +1,10 @@
 """Subset models per hour: several models trained at once (vmap) against one at a time, in one run.
 
 The target LM is the built-in architecture of the chosen preset (random weights: speed does not
-depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real.
+depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real;
+or, with ``--target_lm``, a pretrained causal LM (a folder, or ``builtin:smollm2-135m-instruct``) with
+its own tokenizer, on the corpus ``--corpus`` names. ``--lora_ranks 0 8`` repeats every variant with
+full fine-tuning and with rank-8 LoRA adapters (``generate_labels.py --lora_rank``).
 Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
 and scores them on the same queries. Variants differ in how many models train at once; in where the
 LM head runs (at every position, or only at response positions: ``logits_to_keep``); in whether a
@@ -11,6 +14,9 @@ at a time with padded rows and logits at every position, is the plain recipe and
 all the others.
 
     python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 8 --bf16
+    python benchmarks/bench_subset_training.py --target_lm builtin:smollm2-135m-instruct --corpus realtext \
+        --subset_size 16 --batch_size 8 --epochs 1 --max_length 192 --models 2 --batches 1 2 --lora_ranks 0 8 \
+        --bf16 --repeats 1
 """
 
 from __future__ import annotations
@@ -24,9 +30,17 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from airrep.labels.corpus import generate_split_records
+from airrep.labels import corpus as synthetic
+from airrep.labels import realtext
 from airrep.labels.subset_training import SFTSettings, train_and_score
-from airrep.labels.target_lm import sft_example, train_tokenizer
+from airrep.labels.target_lm import (
+    BUILTIN_PREFIX,
+    convert_packaged_lm,
+    load_target_lm,
+    packaged_lm,
+    sft_example,
+    train_tokenizer,
+)
 from airrep.presets import LABEL_PRESETS
 from configuration_airrep import format_text
 
@@ -41,31 +55,51 @@ def main() -> None:
     parser.add_argument("--pack_lengths", type=int, nargs="+", default=[64], help="row lengths of the packed variants")
     parser.add_argument("--skip_unpacked", action="store_true", help="time only the first row of the padded variants")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--target_lm", help="a causal LM folder or builtin:<name> instead of the preset's toy Llama")
+    parser.add_argument("--target_lm_dir", default="out/target-lms", help="where a builtin:<name> is converted")
+    parser.add_argument("--corpus", default="synthetic", choices=["synthetic", "realtext"])
+    parser.add_argument("--lora_ranks", type=int, nargs="+", default=[0], help="0 = full fine-tuning")
+    parser.add_argument("--subset_size", type=int, help="override the preset's train_subset_size")
+    parser.add_argument("--batch_size", type=int, help="override the preset's SFT batch size")
+    parser.add_argument("--epochs", type=int, help="override the preset's SFT epochs")
+    parser.add_argument("--queries", type=int, help="queries scored per model (default: the preset's per split)")
+    parser.add_argument("--max_length", type=int, help="token limit per example (default: the preset's)")
     args = parser.parse_args()
 
     preset = LABEL_PRESETS[args.preset]
     spec = preset.target_lm
-    records = generate_split_records({"train": preset.pool_size, "test": preset.queries_per_split}, seed=0)
-    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], spec.vocab_size)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-                         intermediate_size=spec.intermediate_size,
-                         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-                         num_key_value_heads=spec.num_heads, max_position_embeddings=spec.max_length,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
+    max_length = args.max_length or spec.max_length
+    subset_size = args.subset_size or preset.train_subset_size
+    n_queries = args.queries or preset.queries_per_split
+    build = realtext.generate_split_records if args.corpus == "realtext" else synthetic.generate_split_records
+    records = build({"train": max(preset.pool_size, subset_size), "test": n_queries}, seed=0)
+    if args.target_lm:
+        folder = args.target_lm
+        if folder.startswith(BUILTIN_PREFIX):
+            folder = convert_packaged_lm(folder, f"{args.target_lm_dir}/{packaged_lm(folder).name}")
+        model, tokenizer = load_target_lm(folder)
+    else:
+        tokenizer = train_tokenizer([format_text(r) for r in records["train"]], spec.vocab_size)
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                             intermediate_size=spec.intermediate_size,
+                             num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                             num_key_value_heads=spec.num_heads, max_position_embeddings=max_length,
+                             tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        model = LlamaForCausalLM(config).eval()
     model.set_attn_implementation("eager")  # what generate_labels uses whenever it batches
-    pool = [sft_example(tokenizer, r, spec.max_length) for r in records["train"]]
-    queries = [sft_example(tokenizer, r, spec.max_length) for r in records["test"]]
+    pool = [sft_example(tokenizer, r, max_length) for r in records["train"]]
+    queries = [sft_example(tokenizer, r, max_length) for r in records["test"]]
     rng = np.random.default_rng(0)
-    subsets = [np.sort(rng.choice(len(pool), preset.train_subset_size, replace=False)) for _ in range(args.models)]
+    subsets = [np.sort(rng.choice(len(pool), subset_size, replace=False)) for _ in range(args.models)]
     query_sets = [np.arange(len(queries))] * args.models
-    settings = SFTSettings(preset.epochs, preset.learning_rate, preset.batch_size, preset.weight_decay)
+    settings = SFTSettings(args.epochs or preset.epochs, preset.learning_rate, args.batch_size or preset.batch_size,
+                           preset.weight_decay)  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
-    tokens = np.mean([len(e.input_ids) for e in pool])
-    print(f"target LM {n_params:,} parameters, vocabulary {len(tokenizer)}; subsets of {preset.train_subset_size}, "
-          f"batch {preset.batch_size}, {preset.epochs} epoch(s), {len(queries)} queries; {tokens:.0f} tokens/example; "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    tokens = np.mean([len(pool[i].input_ids) for s in subsets for i in s])
+    print(f"target LM {n_params:,} parameters, vocabulary {len(tokenizer)}; {args.corpus} corpus, subsets of "
+          f"{subset_size}, batch {settings.batch_size}, {settings.epochs} epoch(s), {len(queries)} queries; "
+          f"{tokens:.0f} tokens/example; {torch.get_num_threads()} threads")  # fmt: skip
 
     train_and_score(model, pool, queries, subsets[:1], query_sets[:1], [0], settings, tokenizer.pad_token_id)  # warm-up
     padded = dict(pack_length=0)
@@ -80,6 +114,11 @@ def main() -> None:
         if args.bf16:
             bf16 = dict(pack_length=length, bf16=True)
             variants += [(f"{n} at once, packed rows of {length}, bf16 autocast", n, bf16) for n in args.batches]
+    variants = [
+        (name if not rank else f"LoRA r={rank}: {name}", n, overrides | ({"lora_rank": rank} if rank else {}))
+        for rank in args.lora_ranks
+        for name, n, overrides in variants
+    ]
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     losses: dict[str, np.ndarray] = {}
     # Rounds run every variant once, in turn, so that a slow spell of a shared machine hits all of
@@ -122,6 +161,10 @@ def main() -> None:
             json.dump(
                 {
                     "preset": args.preset,
+                    "target_lm": args.target_lm or "toy",
+                    "corpus": args.corpus,
+                    "subset_size": subset_size,
+                    "tokens_per_example": float(tokens),
                     "models": args.models,
                     "repeats": args.repeats,
                     "threads": torch.get_num_threads(),
