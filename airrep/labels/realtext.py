@@ -665,7 +665,8 @@ def write_realtext_corpus(
     from datasets import Dataset
 
     folder = Path(folder)
-    records = generate_split_records(sizes, seed, root)
+    entries = load_entries(Path(root))
+    records = generate_split_records(sizes, seed, entries=entries)
     stats = corpus_statistics(records)
     versions = source_versions()
     summary = {
@@ -673,6 +674,8 @@ def write_realtext_corpus(
         "seed": seed,
         "sizes": {split: len(rows) for split, rows in records.items()},
         "fingerprint": fingerprint(records),
+        # Two machines whose package files differ parse different entries: this says which they were.
+        "sources_digest": entries_digest(entries),
         "families": len(FAMILIES),
         "sources": versions,
         **{k: v for k, v in stats.items() if k != "top_response"},
@@ -683,7 +686,8 @@ def write_realtext_corpus(
         for name, v in versions.items()
     )
     family_rows = "\n".join(
-        f"| {f.name} | {f.category} | {f.source} | {len(f.templates)} | {stats['records_per_task'].get(f.name, 0)} |"
+        f"| {f.name} | {f.category} | {f.source} | {len(f.templates)} | {f.weight:g} | "
+        f"{stats['records_per_task'].get(f.name, 0)} |"
         for f in FAMILIES
     )
     (folder / "README.md").write_text(
@@ -703,7 +707,7 @@ Debian packages (and Python itself) install, built offline by AirRep-Hub
 `category`, `source` and `template` (the paraphrase used). Responses are the sources' own text, cut
 at a sentence end within {MAX_RESPONSE_WORDS} words.
 
-- Seed: {seed}; fingerprint: `{summary["fingerprint"]}`
+- Seed: {seed}; fingerprint: `{summary["fingerprint"]}`; parsed sources: `{summary["sources_digest"]}`
 - Sizes: {json.dumps(summary["sizes"])}
 - Median response: {stats["median_response_words"]} words. The most frequent response in the pool
   (`train`) occurs {stats["top_response_count_in_pool"]} time(s), {stats["top_response_share_of_pool"]:.2%} of it.
@@ -716,8 +720,8 @@ at a sentence end within {MAX_RESPONSE_WORDS} words.
 |---|---|---|---|---|
 {source_rows}
 
-| task | category | source | templates | records |
-|---|---|---|---|---|
+| task | category | source | templates | draw weight | records |
+|---|---|---|---|---|---|
 {family_rows}
 """
     )

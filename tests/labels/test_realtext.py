@@ -115,6 +115,23 @@ def test_clip_words_ends_at_a_sentence_within_the_limit():
     assert clip_words("a b c d e f", 3) == "a b c"  # no sentence end: cut at the word
 
 
+def test_near_duplicate_responses_and_reused_entries_are_drawn_once():
+    """FOLDOC repeats Jargon File entries, and two families read one source's entries: neither may give
+    a second record (which could land in another split)."""
+    Entry = realtext.Entry
+    shared = "A hacker's term for a program that works by accident, and nobody knows why it does."
+    entries = {f.name: [] for f in FAMILIES}
+    entries["explain_computing_term"] = [Entry("kludge", {"term": "kludge"}, shared)]
+    entries["explain_hacker_slang"] = [Entry("kludge", {"term": "kludge"}, shared.upper() + " Also a verb.")]
+    entries["describe_element"] = [Entry("gold", {"element": "gold"}, "A soft yellow metal used in coins.")]
+    entries["element_facts"] = [Entry("gold", {"element": "gold", "symbol": "Au", "atomic_number": "79",
+                                               "atomic_weight": "196.97"}, "Gold has the symbol Au.")]  # fmt: skip
+    records = generate_split_records({"train": 2}, seed=0, entries=entries)["train"]
+    assert sorted(r["source"] for r in records) in (["elements", "foldoc"], ["elements", "jargon"])
+    with pytest.raises(UsageError, match="too few distinct entries"):
+        generate_split_records({"train": 3}, seed=0, entries=entries)
+
+
 def test_missing_packages_name_the_apt_get_line(tmp_path):
     with pytest.raises(UsageError) as error:
         check_sources(tmp_path)
