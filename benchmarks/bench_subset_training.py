@@ -87,7 +87,7 @@ def main() -> None:
                              num_key_value_heads=spec.num_heads, max_position_embeddings=max_length,
                              tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         model = LlamaForCausalLM(config).eval()
-    model.set_attn_implementation("eager")  # what generate_labels uses whenever it batches
+    default_attention = model.config._attn_implementation
     pool = [sft_example(tokenizer, r, max_length) for r in records["train"]]
     queries = [sft_example(tokenizer, r, max_length) for r in records["test"]]
     rng = np.random.default_rng(0)
@@ -125,6 +125,9 @@ def main() -> None:
     # them alike; each figure is the median over rounds.
     for _ in range(args.repeats):
         for name, together, overrides in variants:
+            # As generate_labels does: eager attention where models are stacked (vmap has no batching rule
+            # for the fused kernels), the model's own (sdpa) one at a time.
+            model.set_attn_implementation("eager" if together > 1 else default_attention)
             variant_settings = dataclasses.replace(settings, **overrides)
             start = time.perf_counter()
             losses[name] = np.concatenate(
