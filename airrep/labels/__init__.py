@@ -1,7 +1,9 @@
 """Stage 1, labels: the corpus, the target LM, subset models and the labels dataset they produce.
 
-- :mod:`~airrep.labels.corpus`: the built-in instruction corpus;
-- :mod:`~airrep.labels.target_lm`: the causal LM whose training data is attributed, and SFT tensors;
+- :mod:`~airrep.labels.corpus`: the built-in synthetic instruction corpus;
+- :mod:`~airrep.labels.realtext`: the real-text instruction corpus, from Debian packages;
+- :mod:`~airrep.labels.target_lm`: the causal LM whose training data is attributed (built in, packaged
+  pretrained ones such as SmolLM2, or any), and SFT tensors;
 - :mod:`~airrep.labels.subset_training`: fine-tuning copies of it on subsets, several at once;
 - :mod:`~airrep.labels.ladder`: target LMs grown by fixed factors (the ladder's rungs);
 - :mod:`~airrep.labels.dataset`: the labels dataset's contract, writer and reader;
@@ -23,6 +25,8 @@ _EXPORTS = {
     "generate_labels": "generation",
     "SFTSettings": "subset_training",
     "TargetLMSpec": "target_lm",
+    "convert_packaged_lm": "target_lm",
+    "write_realtext_corpus": "realtext",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
