@@ -15,8 +15,8 @@ all the others.
 
     python benchmarks/bench_subset_training.py --preset demo --models 8 --batches 1 2 4 8 --bf16
     python benchmarks/bench_subset_training.py --target_lm builtin:smollm2-135m-instruct --corpus realtext \
-        --subset_size 16 --batch_size 8 --epochs 1 --max_length 192 --models 2 --batches 1 2 --lora_ranks 0 8 \
-        --bf16 --repeats 1
+        --subset_size 16 --batch_size 8 --epochs 1 --max_length 192 --queries 8 --models 2 --batches 1 2 \
+        --lora_ranks 0 8 --bf16 --repeats 1 --json benchmarks/subset_training/smollm2-2026-12-03.json
 """
 
 from __future__ import annotations
