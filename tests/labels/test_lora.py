@@ -75,7 +75,10 @@ def test_stacked_lora_models_equal_peft_models_trained_one_at_a_time(tiny):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stacked = train_and_score(model, pool, queries, subsets, query_sets, [5, 6, 7], SETTINGS, pad_id)
     reference = np.stack(
-        [peft_one_at_a_time(model, pool, queries, s, seed, SETTINGS, pad_id)[0] for s, seed in zip(subsets, [5, 6, 7])]
+        [
+            peft_one_at_a_time(model, pool, queries, s, seed, SETTINGS, pad_id)[0]
+            for s, seed in zip(subsets, [5, 6, 7], strict=True)
+        ]
     )
     np.testing.assert_allclose(stacked, reference, rtol=2e-5)
     assert not np.allclose(stacked[0], stacked[1])  # different subsets, different models
@@ -89,7 +92,7 @@ def test_stacked_lora_models_equal_peft_models_trained_one_at_a_time(tiny):
 
 
 def test_only_the_adapters_are_stacked_and_trained(tiny):
-    model, pad_id, pool, queries = tiny
+    model = tiny[0]
     adapted = with_lora(model, SETTINGS)
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
