@@ -99,25 +99,6 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         bf16=True,
         noise_ceiling=24,
     ),
-    # The demo's sizes and target-LM recipe on the real-text corpus (rung x1 of issue 23), with twice the
-    # context: its responses are prose (median 34 words, up to 80) rather than a few tokens.
-    "realtext": LabelPreset(
-        pretrain_size=3000,
-        pool_size=1000,
-        test_size=200,
-        target_lm=TargetLMSpec(max_length=192),
-        n_splits=8,
-        queries_per_split=32,
-        subsets_per_split=32,
-        train_subset_size=250,
-        lds_subsets=48,
-        lds_queries=100,
-        epochs=2,
-        models_per_batch=8,
-        bf16=True,
-        noise_ceiling=24,
-        corpus="builtin:realtext",
-    ),
     "bench": LabelPreset(
         pretrain_size=10000,
         pool_size=4000,
@@ -151,6 +132,13 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         noise_ceiling=100,
     ),
 }  # fmt: skip
+
+
+# The demo's sizes and target-LM recipe on the real-text corpus (rung x1 of issue 23), with twice the
+# context: its responses are prose (median 34 words, up to 80) rather than a few tokens.
+LABEL_PRESETS["realtext"] = replace(
+    LABEL_PRESETS["demo"], target_lm=TargetLMSpec(max_length=192), corpus="builtin:realtext"
+)
 
 
 def named(presets: Mapping[str, P], name: str) -> P:

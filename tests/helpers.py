@@ -39,3 +39,26 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: flo
     assert ready(), f"not ready after {timeout} s"
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def tiny_target(n_train: int, n_test: int, seed: int, layers: int = 1) -> tuple:
+    """A tiny Llama (hidden 32, eager attention) with a 400-token BPE tokenizer trained on the built-in
+    corpus, and SFT examples of a pool and queries drawn from it: ``(model, tokenizer, pool, queries)``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from airrep.labels.corpus import generate_split_records
+    from airrep.labels.target_lm import sft_example, train_tokenizer
+    from configuration_airrep import format_text
+
+    records = generate_split_records({"train": n_train, "test": n_test}, seed=seed)
+    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], 400)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    model.set_attn_implementation("eager")
+    pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
+    queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
+    return model, tokenizer, pool, queries

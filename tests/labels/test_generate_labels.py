@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,6 @@ from helpers import kill_when, spawn
 
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as run
-from airrep.labels.corpus import generate_split_records
 from airrep.labels.subset_training import SFTSettings, finetune, train_and_score
 from airrep.labels.target_lm import (
     IGNORE_INDEX,
@@ -30,7 +30,7 @@ from airrep.labels.target_lm import (
     train_tokenizer,
 )
 from airrep.outputs import install_in_offline_cache
-from configuration_airrep import RecordFormatError, format_text
+from configuration_airrep import RecordFormatError
 
 
 def load(folder, config):
@@ -191,19 +191,7 @@ def test_two_process_torchrun_equals_one_process(work):
 @pytest.fixture(scope="module")
 def tiny_target():
     """A 1-layer Llama with a BPE tokenizer trained on the built-in corpus, its pool and queries."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    records = generate_split_records({"train": 120, "test": 12}, seed=0)
-    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], 400)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config)
-    model.set_attn_implementation("eager")
-    pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
-    queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
-    return model, tokenizer, pool, queries
+    return helpers.tiny_target(120, 12, seed=0)
 
 
 def _subsets(n_models, seed, size=30):

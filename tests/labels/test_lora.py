@@ -7,12 +7,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_target
 from torch.func import functional_call
 
-from airrep.labels.corpus import generate_split_records
 from airrep.labels.subset_training import SFTSettings, finetune, train_and_score, with_lora
-from airrep.labels.target_lm import collate, response_losses, sft_example, train_tokenizer
-from configuration_airrep import format_text
+from airrep.labels.target_lm import collate, response_losses
 
 SETTINGS = SFTSettings(epochs=2, batch_size=8, learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, lora_seed=3)
 
@@ -20,18 +19,7 @@ SETTINGS = SFTSettings(epochs=2, batch_size=8, learning_rate=1e-2, lora_rank=4, 
 @pytest.fixture(scope="module")
 def tiny():
     """A 2-layer Llama with a BPE tokenizer on the built-in corpus, its pool and queries."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    records = generate_split_records({"train": 60, "test": 10}, seed=1)
-    tokenizer = train_tokenizer([format_text(r) for r in records["train"]], 400)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config)
-    model.set_attn_implementation("eager")
-    pool = [sft_example(tokenizer, r, 64) for r in records["train"]]
-    queries = [sft_example(tokenizer, r, 64) for r in records["test"]]
+    model, tokenizer, pool, queries = tiny_target(60, 10, seed=1, layers=2)
     return model, tokenizer.pad_token_id, pool, queries
 
 
