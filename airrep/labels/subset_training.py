@@ -77,13 +77,18 @@ class SFTSettings:
         names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16", *LORA_FIELDS)
         return cls(**{name: recipe[name] for name in names if name in recipe})
 
+    @property
+    def lora_alpha_used(self) -> float:
+        """``lora_alpha``, or its default of twice the rank."""
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
     def trained_parameters(self) -> str:
         """Which parameters a subset model trains, in words (for cards and summaries)."""
         if not self.lora_rank:
             return "every weight of the target LM (full fine-tuning)"
-        alpha = self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
         return (
-            f"LoRA adapters only (peft): rank {self.lora_rank}, alpha {alpha:g}, on {self.lora_target_modules}, "
+            f"LoRA adapters only (peft): rank {self.lora_rank}, alpha {self.lora_alpha_used:g}, "
+            f"on {self.lora_target_modules}, "
             f"no dropout, adapters initialised with seed {self.lora_seed}; the target LM's weights stay frozen"
         )
 
@@ -101,7 +106,7 @@ def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
     targets = settings.lora_target_modules
     config = LoraConfig(
         r=settings.lora_rank,
-        lora_alpha=settings.lora_alpha if settings.lora_alpha is not None else 2 * settings.lora_rank,
+        lora_alpha=settings.lora_alpha_used,
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         lora_dropout=0.0,
         bias="none",

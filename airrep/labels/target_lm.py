@@ -456,14 +456,12 @@ def packaged_gguf(lm: PackagedLM) -> Path:
     return path
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The file's SHA-256, as ``sha256sum`` prints it."""
     import hashlib
 
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def convert_packaged_lm(name: str, folder: str | Path) -> Path:
