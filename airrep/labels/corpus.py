@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airrep.outputs import configs_yaml, write_parquet
+from airrep.outputs import configs_yaml, write_json, write_parquet, write_text
 
 CORPUS_NAME = "airrep-synthetic-flan"
 SPLITS = ("pretrain", "train", "test")
@@ -608,30 +608,13 @@ def fingerprint(records: dict[str, list[dict[str, Any]]]) -> str:
 
 def write_corpus(folder: str | Path, sizes: dict[str, int], seed: int) -> dict[str, Any]:
     """Write the corpus as a Hub dataset folder: ``data/<split>.parquet`` and a card. Returns its summary."""
-    from datasets import Dataset
-
-    folder = Path(folder)
     records = generate_split_records(sizes, seed)
     summary = {
-        "name": CORPUS_NAME,
-        "seed": seed,
-        "sizes": {split: len(rows) for split, rows in records.items()},
-        "fingerprint": fingerprint(records),
-        "families": len(FAMILIES),
+        **corpus_summary(CORPUS_NAME, seed, records, len(FAMILIES)),
         "categories": sorted({family.category for family in FAMILIES}),
     }
-    paths = {split: write_parquet(Dataset.from_list(rows), folder, split) for split, rows in records.items()}
     families = "\n".join(f"| {f.name} | {f.category} | {len(f.templates)} |" for f in FAMILIES)
-    (folder / "README.md").write_text(
-        f"""---
-{configs_yaml({"default": paths})}
-tags:
-- synthetic
-- instruction-tuning
-- data-attribution
----
-
-# {CORPUS_NAME}
+    card = f"""# {CORPUS_NAME}
 
 A seeded, FLAN-like mixture of {len(FAMILIES)} instruction task families in
 {len(summary["categories"])} categories ({", ".join(summary["categories"])}), built offline by AirRep-Hub
@@ -647,6 +630,34 @@ A seeded, FLAN-like mixture of {len(FAMILIES)} instruction task families in
 |---|---|---|
 {families}
 """
-    )
-    (folder / "corpus.json").write_text(json.dumps(summary, indent=2))
+    return save_corpus(folder, records, summary, card, tags=["synthetic", "instruction-tuning", "data-attribution"])
+
+
+def corpus_summary(name: str, seed: int, records: dict[str, list[dict[str, Any]]], families: int) -> dict[str, Any]:
+    """The fields every built-in corpus's ``corpus.json`` opens with."""
+    return {
+        "name": name,
+        "seed": seed,
+        "sizes": {split: len(rows) for split, rows in records.items()},
+        "fingerprint": fingerprint(records),
+        "families": families,
+    }
+
+
+def save_corpus(
+    folder: str | Path,
+    records: dict[str, list[dict[str, Any]]],
+    summary: dict[str, Any],
+    card: str,
+    tags: list[str],
+) -> dict[str, Any]:
+    """Write a built-in corpus as a Hub dataset folder: ``data/<split>.parquet``, the card (``card`` under
+    YAML front matter with the configs and ``tags``) and ``corpus.json`` (``summary``, which is returned)."""
+    from datasets import Dataset
+
+    folder = Path(folder)
+    paths = {split: write_parquet(Dataset.from_list(rows), folder, split) for split, rows in records.items()}
+    front_matter = "\n".join([configs_yaml({"default": paths}), "tags:", *(f"- {tag}" for tag in tags)])
+    write_text(folder / "README.md", f"---\n{front_matter}\n---\n\n{card}")
+    write_json(folder / "corpus.json", summary)
     return summary

@@ -17,6 +17,7 @@ many Jargon File entries, man pages share paragraphs) are dropped by a normalise
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib
@@ -28,14 +29,13 @@ import subprocess
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airrep.cli import UsageError
-from airrep.labels.corpus import SPLITS, fingerprint
-from airrep.outputs import configs_yaml, write_parquet
+from airrep.labels.corpus import SPLITS, corpus_summary, save_corpus
 
 CORPUS_NAME = "airrep-realtext"
 # Responses are cut at the last sentence end within this many words (at a word if a sentence is longer):
@@ -72,7 +72,7 @@ class Family:
     category: str
     source: str
     templates: tuple[str, ...]
-    entries: Callable[[Path], list[Entry]]
+    entries: Callable[[Path], Sequence[Entry]]
     # Relative chance of being drawn. Families whose answers are a few words (an acronym's expansion,
     # a translation) are drawn half as often, so that most of the corpus is explanatory prose.
     weight: float = 1.0
@@ -257,7 +257,10 @@ def vera_entries(root: Path) -> list[Entry]:
     return entries
 
 
-def element_entries(root: Path) -> list[Entry]:
+# Two families read each parse (element descriptions and facts; man3 descriptions and summaries): cached,
+# so a corpus build parses each installed file once.
+@functools.cache
+def element_entries(root: Path) -> tuple[Entry, ...]:
     entries = []
     for headword, block in read_dictd(root, "elements"):
         facts = dict(re.findall(r"^(Symbol|Atomic number|Atomic weight):\s*(.+)$", block, flags=re.MULTILINE))
@@ -268,7 +271,7 @@ def element_entries(root: Path) -> list[Entry]:
         name = block.splitlines()[0].strip()
         entries.append(Entry(headword, {"element": name, **{k.replace(" ", "_").lower(): v for k, v in facts.items()}},
                              clip_words(description)))  # fmt: skip
-    return entries
+    return tuple(entries)
 
 
 def element_fact_entries(root: Path) -> list[Entry]:
@@ -365,14 +368,15 @@ def man_page(path: Path) -> tuple[str, str, str] | None:
     return squash(title), squash(summary), " ".join(paragraphs)
 
 
-def man_entries(root: Path, section: str) -> list[tuple[str, str, str, str]]:
+@functools.cache  # see element_entries
+def man_entries(root: Path, section: str) -> tuple[tuple[str, str, str, str], ...]:
     """``(file name, title, summary, description)`` for the Linux man-pages of ``section`` under ``root``."""
     out = []
     for path in sorted((root / MAN / f"man{section}").glob(f"*.{section}.gz")):
         page = man_page(path)
         if page is not None:
             out.append((path.name, *page))
-    return out
+    return tuple(out)
 
 
 def _man_family_entries(section: str, describe: bool) -> Callable[[Path], list[Entry]]:
@@ -549,20 +553,14 @@ FAMILIES: list[Family] = [
 # ----------------------------------------------------------------------------- building the corpus
 
 
-def load_entries(root: Path) -> dict[str, list[Entry]]:
+def load_entries(root: Path) -> dict[str, Sequence[Entry]]:
     """Every family's entries, read from the installed files under ``root``."""
     check_sources(root)
-    cache: dict[Callable[[Path], list[Entry]], list[Entry]] = {}
-    out = {}
-    for family in FAMILIES:
-        if family.entries not in cache:
-            cache[family.entries] = family.entries(root)
-        out[family.name] = cache[family.entries]
-    return out
+    return {family.name: family.entries(root) for family in FAMILIES}
 
 
 def generate_split_records(
-    sizes: dict[str, int], seed: int, root: str | Path = "/", entries: dict[str, list[Entry]] | None = None
+    sizes: dict[str, int], seed: int, root: str | Path = "/", entries: dict[str, Sequence[Entry]] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Draw unique records for each split, families mixed by their weights, deterministically from ``seed``.
 
@@ -662,25 +660,17 @@ def write_realtext_corpus(
     folder: str | Path, sizes: dict[str, int], seed: int, root: str | Path = "/"
 ) -> dict[str, Any]:
     """Write the real-text corpus as a Hub dataset folder (``data/<split>.parquet``, card). Returns its summary."""
-    from datasets import Dataset
-
-    folder = Path(folder)
     entries = load_entries(Path(root))
     records = generate_split_records(sizes, seed, entries=entries)
     stats = corpus_statistics(records)
     versions = source_versions()
     summary = {
-        "name": CORPUS_NAME,
-        "seed": seed,
-        "sizes": {split: len(rows) for split, rows in records.items()},
-        "fingerprint": fingerprint(records),
+        **corpus_summary(CORPUS_NAME, seed, records, len(FAMILIES)),
         # Two machines whose package files differ parse different entries: this says which they were.
         "sources_digest": entries_digest(entries),
-        "families": len(FAMILIES),
         "sources": versions,
         **{k: v for k, v in stats.items() if k != "top_response"},
     }
-    paths = {split: write_parquet(Dataset.from_list(rows), folder, split) for split, rows in records.items()}
     source_rows = "\n".join(
         f"| {name} | {v['package']} | {v['version']} | {v['license']} | {stats['records_per_source'].get(name, 0)} |"
         for name, v in versions.items()
@@ -690,16 +680,7 @@ def write_realtext_corpus(
         f"{stats['records_per_task'].get(f.name, 0)} |"
         for f in FAMILIES
     )
-    (folder / "README.md").write_text(
-        f"""---
-{configs_yaml({"default": paths})}
-tags:
-- instruction-tuning
-- data-attribution
-- real-text
----
-
-# {CORPUS_NAME}
+    card = f"""# {CORPUS_NAME}
 
 {len(FAMILIES)} instruction task families over human-written text from {len(SOURCES)} sources that
 Debian packages (and Python itself) install, built offline by AirRep-Hub
@@ -724,12 +705,10 @@ at a sentence end within {MAX_RESPONSE_WORDS} words.
 |---|---|---|---|---|---|
 {family_rows}
 """
-    )
-    (folder / "corpus.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return save_corpus(folder, records, summary, card, tags=["instruction-tuning", "data-attribution", "real-text"])
 
 
-def entries_digest(entries: dict[str, list[Entry]]) -> str:
+def entries_digest(entries: dict[str, Sequence[Entry]]) -> str:
     """A content hash of the parsed sources (for telling two machines' package files apart)."""
     digest = hashlib.sha256()
     for name in sorted(entries):
