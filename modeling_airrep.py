@@ -8,9 +8,10 @@ defined here (``group_influence``, ``similarity``, ``top_k``) instead of repeati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -282,6 +283,151 @@ def group_influence(
     if pooling == "attention":
         numerator = torch.where(normaliser > 0, numerator / normaliser.clamp(min=torch.finfo(queries.dtype).tiny), 0)
     return _like_input(numerator, query_embeddings)
+
+
+# ----------------------------------------------------------------------------- data selection
+
+SELECTION_STRATEGIES = ("round-robin", "max", "mean", "sum", "attention")
+
+
+@dataclass
+class Selection:
+    """Corpus rows in selection order, each with its score and the target (row) it was chosen for."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    targets: np.ndarray
+
+
+def text_digests(texts: Iterable[str]) -> np.ndarray:
+    """A 16-byte BLAKE2b digest of each text (``S16``): how a pool of any size is de-duplicated."""
+    return np.array([hashlib.blake2b(text.encode(), digest_size=16).digest() for text in texts], dtype="S16")
+
+
+def distinct_rows(digests: np.ndarray) -> np.ndarray:
+    """Rows of the first occurrence of each digest ([`text_digests`]), in row order.
+
+    A text repeated in a pool is one candidate, whatever the pool's size: the digests take 16 bytes a row.
+    """
+    if len(digests) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.unique(digests, return_index=True)[1]).astype(np.int64)
+
+
+def _best(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(scores, rows)`` along the last axis, by descending score, ties to the lower row."""
+    order = np.lexsort((rows, -scores), axis=-1)[..., :k]
+    return np.take_along_axis(scores, order, -1), np.take_along_axis(rows, order, -1)
+
+
+def check_selection(budget: int, n_candidates: int, strategy: str) -> None:
+    """Raise ``ValueError`` for an unknown strategy or a budget outside ``[1, n_candidates]``."""
+    if strategy not in SELECTION_STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(SELECTION_STRATEGIES)}")
+    if not 1 <= budget <= n_candidates:
+        raise ValueError(f"a budget of {budget} examples does not fit a pool of {n_candidates} distinct examples")
+
+
+def select_examples(
+    pair_scores: Iterable[tuple[np.ndarray, np.ndarray]],
+    n_targets: int,
+    n_candidates: int,
+    budget: int,
+    strategy: str = "round-robin",
+) -> Selection:
+    """``budget`` candidates chosen for ``n_targets`` targets from pair scores streamed in blocks.
+
+    Strategies:
+
+    - ``round-robin`` (the AirRep authors' rule): the targets take turns, each taking its best
+      candidate not yet taken;
+    - ``max``, ``mean``, ``sum``: each candidate's best, mean or total score over the targets;
+    - ``attention``: each candidate's attention-pooled score against the whole target set
+      ([`group_influence`] with the candidate as the query and the targets as the group).
+
+    Ties go to the lower candidate row, so a selection is deterministic. Only the best ``budget``
+    candidates of each target (round-robin) or overall are kept between blocks: a target can pass
+    over at most ``budget`` candidates before the selection is full. Memory is therefore bounded by
+    one block plus ``n_targets x budget``, whatever the pool size.
+
+    Args:
+        pair_scores: ``(rows, scores)`` blocks: candidate row numbers, and the ``(n_targets, len(rows))``
+            scores of every target against them. Each row appears in one block.
+        n_targets: Number of targets.
+        n_candidates: Number of candidates over all blocks; ``budget`` may not exceed it.
+        budget: Candidates to select.
+        strategy: One of ``SELECTION_STRATEGIES``.
+
+    Returns:
+        The selection; ``targets`` holds each row's turn in round-robin and its best-scoring target
+        (the lower one on ties) otherwise.
+
+    Raises:
+        ValueError: an unknown strategy, a budget outside ``[1, n_candidates]``, or a block of another shape.
+    """
+    check_selection(budget, n_candidates, strategy)
+    per_target = strategy == "round-robin"
+    width = n_targets if per_target else 1
+    kept_scores, kept_rows = np.empty((width, 0)), np.empty((width, 0), dtype=np.int64)
+    kept_columns = np.empty((n_targets, 0))  # every target's score of the kept rows (the pooled strategies)
+    for rows, block in pair_scores:
+        rows, block = np.asarray(rows, dtype=np.int64), np.asarray(block, dtype=np.float64)
+        if block.shape != (n_targets, len(rows)):
+            raise ValueError(f"a block of scores has shape {block.shape}, expected {(n_targets, len(rows))}")
+        if per_target:
+            merged_scores = np.concatenate([kept_scores, block], axis=1)
+            merged_rows = np.concatenate([kept_rows, np.broadcast_to(rows, block.shape)], axis=1)
+            kept_scores, kept_rows = _best(merged_scores, merged_rows, budget)
+            continue
+        if strategy == "attention":
+            # Candidate i as the query, the targets as one group: q_i . e_j = block[j, i].
+            pooled = group_influence(block.T, np.eye(n_targets), [np.arange(n_targets)])[0]
+        else:
+            pooled = {"max": np.max, "mean": np.mean, "sum": np.sum}[strategy](block, axis=0)
+        merged_rows = np.concatenate([kept_rows[0], rows])
+        merged_columns = np.concatenate([kept_columns, block], axis=1)
+        order = np.lexsort((merged_rows, -np.concatenate([kept_scores[0], pooled])))[:budget]
+        kept_scores = np.concatenate([kept_scores[0], pooled])[order][None]
+        kept_rows, kept_columns = merged_rows[order][None], merged_columns[:, order]
+    if not per_target:
+        if kept_rows.shape[1] < budget:
+            raise ValueError(f"the blocks held {kept_rows.shape[1]} candidates, fewer than the budget of {budget}")
+        return Selection(kept_rows[0], kept_scores[0], np.argmax(kept_columns, axis=0))
+    position, taken = [0] * n_targets, set()
+    rows_out, scores_out, targets_out = [], [], []
+    while len(rows_out) < budget:
+        progressed = False
+        for target in range(n_targets):
+            ranked = kept_rows[target]
+            while position[target] < len(ranked) and int(ranked[position[target]]) in taken:
+                position[target] += 1
+            if len(rows_out) == budget or position[target] == len(ranked):
+                continue
+            row = int(ranked[position[target]])
+            taken.add(row)
+            rows_out.append(row)
+            scores_out.append(kept_scores[target, position[target]])
+            targets_out.append(target)
+            progressed = True
+        if not progressed:
+            raise ValueError(f"the blocks held {len(taken)} candidates, fewer than the budget of {budget}")
+    return Selection(np.asarray(rows_out), np.asarray(scores_out), np.asarray(targets_out))
+
+
+def score_blocks(
+    target_embeddings: Array, corpus_embeddings: Array, rows: np.ndarray | None = None, chunk_size: int = 65536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, scores)`` blocks of target-by-corpus dot products over ``rows`` (default: every row).
+
+    Corpus rows are gathered ``chunk_size`` at a time, so a memory-mapped corpus stays on disk.
+    Non-finite embeddings raise, naming the row.
+    """
+    targets = _as_matrix(target_embeddings, "target_embeddings")
+    _check_dims(targets, corpus_embeddings)
+    rows = np.arange(corpus_embeddings.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(rows), chunk_size):
+        block = rows[start : start + chunk_size]
+        yield block, (targets @ _corpus_rows(corpus_embeddings, block, targets).T).cpu().numpy()
 
 
 class AirRepModel(BertPreTrainedModel):
@@ -638,7 +784,39 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
             query_embeddings, corpus_embeddings, subsets, pooling or self.config.group_pooling, chunk_size
         )
 
+    def select(
+        self,
+        target_embeddings: Array,
+        corpus_embeddings: Array,
+        budget: int,
+        strategy: str = "round-robin",
+        candidates: np.ndarray | None = None,
+    ) -> Selection:
+        """The ``budget`` corpus rows that best serve the targets; see [`select_examples`].
+
+        ``candidates`` limits the choice to those rows (for example [`distinct_rows`] of the corpus
+        texts); the corpus is streamed, so it may be memory-mapped.
+        """
+        n_targets = 1 if target_embeddings.ndim == 1 else target_embeddings.shape[0]
+        n_candidates = corpus_embeddings.shape[0] if candidates is None else len(candidates)
+        blocks = score_blocks(target_embeddings, corpus_embeddings, candidates)
+        return select_examples(blocks, n_targets, n_candidates, budget, strategy)
+
 
 AirRepModel.register_for_auto_class("AutoModel")
 
-__all__ = ["AirRepModel", "AirRepModelOutput", "group_influence", "mean_pool", "similarity", "top_k"]
+__all__ = [
+    "SELECTION_STRATEGIES",
+    "AirRepModel",
+    "AirRepModelOutput",
+    "Selection",
+    "check_selection",
+    "distinct_rows",
+    "group_influence",
+    "mean_pool",
+    "score_blocks",
+    "select_examples",
+    "similarity",
+    "text_digests",
+    "top_k",
+]

@@ -28,8 +28,9 @@ import numpy as np
 from retraining import Retraining, paired, save_results
 
 from airrep.labels.corpus import generate_split_records
-from airrep.serving.selection import distinct, pair_scores, select
+from airrep.serving.selection import pair_scores, select
 from configuration_airrep import format_text
+from modeling_airrep import distinct_rows, text_digests
 
 HELD_OUT_SEED_OFFSET = 7919  # a fresh draw of the corpus generator, never the corpus's own seed
 
@@ -68,7 +69,7 @@ def main() -> None:
     retraining = Retraining.from_labels(folder)
     summary, pool = retraining.summary, retraining.pool
     pool_texts = [r["text"] for r in pool]
-    candidates = distinct(pool_texts)
+    candidates = distinct_rows(text_digests(pool_texts))
     fresh = held_out_records(summary, 6000)
     by_task: dict[str, list[dict]] = {}
     for record in fresh:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,43 @@ import numpy as np
 from modeling_airrep import group_influence, top_k
 
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf")
+
+
+
+def shard_files(folder: str | os.PathLike) -> tuple[dict, list[Path]]:
+    """The summary (``embeddings.json``) and the shard files, in row order, of a finished embeddings dataset.
+
+    Raises:
+        FileNotFoundError: the folder is not an embeddings dataset.
+        ValueError: shards are missing (the encoding has not finished).
+    """
+    folder = Path(folder)
+    settings = folder / "embeddings.json"
+    if not settings.exists():
+        raise FileNotFoundError(f"{folder} is not an embeddings dataset: embeddings.json is missing")
+    summary = json.loads(settings.read_text())
+    files = sorted((folder / "data").glob("shard-*.parquet"))
+    if "shards" in summary and len(files) != summary["shards"]:
+        raise ValueError(f"{folder} has {len(files)} of {summary['shards']} shards: finish the encoding first")
+    return summary, files
+
+
+def read_shard(file: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """The ids and the ``(rows, dim)`` float16 vectors of one shard file."""
+    import pyarrow.parquet
+
+    table = pyarrow.parquet.read_table(file)
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return table.column("id").to_pylist(), np.asarray(flat, dtype=np.float16).reshape(table.num_rows, -1)
+
+
+def iter_shards(folder: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, vectors)`` of each shard in turn: one shard in memory at a time."""
+    offset = 0
+    for file in shard_files(folder)[1]:
+        vectors = read_shard(file)[1]
+        yield offset, vectors
+        offset += len(vectors)
 
 
 class EmbeddingIndex:
@@ -40,23 +77,12 @@ class EmbeddingIndex:
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> EmbeddingIndex:
         """Load an embeddings dataset folder written by ``airrep.serving.embeddings`` (all shards, in order)."""
-        import pyarrow.parquet
-
-        folder = Path(folder)
-        settings = folder / "embeddings.json"
-        if not settings.exists():
-            raise FileNotFoundError(f"{folder} is not an embeddings dataset: embeddings.json is missing")
-        summary = json.loads(settings.read_text())
-        files = sorted((folder / "data").glob("shard-*.parquet"))
-        if "shards" in summary and len(files) != summary["shards"]:
-            raise ValueError(f"{folder} has {len(files)} of {summary['shards']} shards: finish the encoding first")
         ids: list[str] = []
         blocks = []
-        for file in files:
-            table = pyarrow.parquet.read_table(file)
-            ids += table.column("id").to_pylist()
-            flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            blocks.append(np.asarray(flat, dtype=np.float16).reshape(table.num_rows, -1))
+        for file in shard_files(folder)[1]:
+            shard_ids, vectors = read_shard(file)
+            ids += shard_ids
+            blocks.append(vectors)
         return cls(np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float16), ids)
 
     def build_faiss(self, kind: str = "ivf", nlist: int | None = None, nprobe: int = 16, seed: int = 0) -> None:

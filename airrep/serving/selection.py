@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,14 +31,15 @@ import numpy as np
 from airrep.cli import UsageError
 from airrep.outputs import configs_yaml, write_json, write_parquet, write_text
 from configuration_airrep import RecordFormatError, format_text
-from modeling_airrep import group_influence
+from modeling_airrep import SELECTION_STRATEGIES as STRATEGIES
+from modeling_airrep import Selection, distinct_rows, select_examples, text_digests
+from modeling_airrep import check_selection as check_model_selection
 
 logger = logging.getLogger(__name__)
 
 TEXT_METHODS = ("airrep", "base-encoder", "tfidf", "bm25", "random")
 GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
 METHODS = (*TEXT_METHODS, *GRADIENT_METHODS)
-STRATEGIES = ("round-robin", "max", "mean", "sum", "attention")
 SELECTION_FILE = "selection.json"
 ADDED_COLUMNS = ("score", "rank", "target")
 TASK_PREFIX = "task:"
@@ -86,65 +87,32 @@ class SelectArguments:
     seed: int = field(default=0, metadata={"help": "Seed of method 'random'."})
 
 
-@dataclass
-class Selection:
-    """Pool rows in selection order, each with its score and the target (row) it was chosen for."""
-
-    rows: np.ndarray
-    scores: np.ndarray
-    targets: np.ndarray
-
-
 # ----------------------------------------------------------------------------- strategies
 
 
-def _best_first(scores: np.ndarray) -> np.ndarray:
-    """Column order by descending score, ties to the lower column."""
-    return np.lexsort((np.arange(scores.size), -scores))
+def check_selection(budget: int, n_candidates: int, strategy: str) -> None:
+    """An unknown strategy or a budget that does not fit, as a one-line :class:`UsageError`."""
+    try:
+        check_model_selection(budget, n_candidates, strategy)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
-def select(pair_scores: np.ndarray, budget: int, strategy: str) -> Selection:
+def select(pair_scores: np.ndarray, budget: int, strategy: str, rows: np.ndarray | None = None) -> Selection:
     """``budget`` columns of ``pair_scores`` (targets x candidates) chosen by ``strategy``.
+
+    The rule is the checkpoint's own (:func:`modeling_airrep.select_examples`), so the Space and this
+    command select alike. ``rows`` names the columns (default ``0..n-1``); the selection holds those names.
 
     Raises:
         UsageError: an unknown strategy, or a budget outside ``[1, n_candidates]``.
     """
-    if strategy not in STRATEGIES:
-        raise UsageError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     n_targets, n_candidates = pair_scores.shape
-    check_budget(budget, n_candidates)
-    if strategy == "round-robin":
-        orders = [_best_first(row) for row in pair_scores]
-        position = [0] * n_targets
-        taken = np.zeros(n_candidates, dtype=bool)
-        rows, targets = [], []
-        while len(rows) < budget:
-            for target in range(n_targets):
-                order = orders[target]
-                while position[target] < n_candidates and taken[order[position[target]]]:
-                    position[target] += 1
-                if len(rows) == budget or position[target] == n_candidates:
-                    continue
-                candidate = order[position[target]]
-                taken[candidate] = True
-                rows.append(candidate)
-                targets.append(target)
-        rows, targets = np.asarray(rows), np.asarray(targets)
-        return Selection(rows, pair_scores[targets, rows], targets)
-    if strategy == "attention":
-        # Candidate i as the query, the targets as one group: q_i . e_j = pair_scores[j, i].
-        pooled = group_influence(pair_scores.T, np.eye(n_targets, dtype=pair_scores.dtype), [np.arange(n_targets)])
-        combined = np.asarray(pooled, dtype=np.float64)[0]
-    else:
-        combined = {"max": np.max, "mean": np.mean, "sum": np.sum}[strategy](pair_scores.astype(np.float64), axis=0)
-    rows = _best_first(combined)[:budget]
-    return Selection(rows, combined[rows], np.argmax(pair_scores[:, rows], axis=0))
-
-
-def check_budget(budget: int, n_candidates: int) -> None:
-    """A selection takes at least one example and at most every distinct one."""
-    if not 1 <= budget <= n_candidates:
-        raise UsageError(f"a budget of {budget} examples does not fit a pool of {n_candidates} distinct examples")
+    rows = np.arange(n_candidates) if rows is None else np.asarray(rows)
+    check_selection(budget, n_candidates, strategy)
+    chunk = 65536  # float64 copies of one block of columns at a time
+    blocks = ((rows[a : a + chunk], pair_scores[:, a : a + chunk]) for a in range(0, n_candidates, chunk))
+    return select_examples(blocks, n_targets, n_candidates, budget, strategy)
 
 
 def parse_budget(budget: str | int | float, n_pool: int) -> int:
@@ -163,37 +131,76 @@ def parse_budget(budget: str | int | float, n_pool: int) -> int:
 # ----------------------------------------------------------------------------- inputs
 
 
-def load_records(source: str, split: str = "train", config: str | None = None, what: str = "pool") -> list[dict]:
-    """Records of a JSONL file, or of one split of a dataset folder or Hub id; errors name ``what``."""
+def open_dataset(source: str, split: str = "train", config: str | None = None, what: str = "pool"):
+    """A JSONL file, or one split of a dataset folder or Hub id, as a (memory-mapped) ``datasets.Dataset``."""
     from datasets import load_dataset
 
     path = Path(source)
     try:
         if path.is_file() and path.suffix in {".jsonl", ".json"}:
-            table = load_dataset("json", data_files=str(path), split="train")
-        else:
-            table = load_dataset(source, config, split=split)
+            return load_dataset("json", data_files=str(path), split="train")
+        return load_dataset(source, config, split=split)
     except (FileNotFoundError, ValueError, OSError) as error:
         raise UsageError(f"{what} {source!r} cannot be read as a JSONL file or a dataset: {error}") from None
-    # A table unifies its rows' keys, filling the ones a record lacks with None; the record is what it
-    # was written as without them (a JSONL pool may mix schemas).
-    return [{k: v for k, v in record.items() if v is not None} for record in table.to_list()]
 
 
-def texts_of(records: Sequence[dict], what: str) -> list[str]:
-    """The text AirRep sees of each record; a record that matches no schema is named with ``what``."""
+def as_records(rows: Iterable[dict]) -> list[dict]:
+    """Rows of a table as the records they were written as.
+
+    A table unifies its rows' keys, filling the ones a record lacks with None; without them the record is
+    what it was (a JSONL pool may mix schemas).
+    """
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
+
+
+def load_records(source: str, split: str = "train", config: str | None = None, what: str = "pool") -> list[dict]:
+    """Records of a JSONL file, or of one split of a dataset folder or Hub id; errors name ``what``."""
+    return as_records(open_dataset(source, split, config, what).to_list())
+
+
+def texts_of(records: Sequence[dict], what: str, start: int = 0) -> list[str]:
+    """The text AirRep sees of each record; a record that matches no schema is named (row ``start + i``)."""
     try:
-        return [format_text(record, index=i) for i, record in enumerate(records)]
+        return [format_text(record, index=start + i) for i, record in enumerate(records)]
     except RecordFormatError as error:
         raise UsageError(f"{what}: {error}") from None
 
 
-def distinct(texts: Sequence[str]) -> np.ndarray:
-    """Rows of the first occurrence of each text, in pool order."""
-    first: dict[str, int] = {}
-    for row, text in enumerate(texts):
-        first.setdefault(text, row)
-    return np.fromiter(first.values(), dtype=np.int64, count=len(first))
+@dataclass
+class PoolScan:
+    """What one pass over a pool finds: its candidates, the rows of a target task, its fingerprint."""
+
+    candidates: np.ndarray
+    task_rows: np.ndarray
+    fingerprint: str
+    size: int
+
+
+SCAN_ROWS = 10_000
+
+
+def scan_pool(pool, what: str, task: str | None = None) -> PoolScan:
+    """One pass over ``pool`` (a ``datasets.Dataset``), ``SCAN_ROWS`` records at a time.
+
+    Only 16 bytes a row are kept (the text digests), so a pool of tens of millions of records is
+    scanned in bounded memory. Candidates are each distinct text's first row, less the rows of
+    ``task`` (the targets, when they are a task of the pool).
+    """
+    from airrep.labels.corpus import fingerprint
+
+    digests, in_task = [], []
+
+    def records() -> Iterator[dict]:
+        for start in range(0, pool.num_rows, SCAN_ROWS):
+            batch = as_records(pool.select(range(start, min(start + SCAN_ROWS, pool.num_rows))).to_list())
+            digests.append(text_digests(texts_of(batch, what, start)))
+            in_task.append(np.array([task is not None and r.get("task") == task for r in batch], dtype=bool))
+            yield from batch
+
+    content = fingerprint({"records": records()})
+    first = distinct_rows(np.concatenate(digests) if digests else np.zeros(0, "S16"))
+    task_mask = np.concatenate(in_task) if in_task else np.zeros(0, dtype=bool)
+    return PoolScan(first[~task_mask[first]], np.flatnonzero(task_mask), content, pool.num_rows)
 
 
 def pair_scores(
@@ -204,7 +211,6 @@ def pair_scores(
     base_encoder: str | None = None,
     seed: int = 0,
     batch_size: int = 64,
-    pool_embeddings: np.ndarray | None = None,
     pool_records: Sequence[dict] | None = None,
     target_records: Sequence[dict] | None = None,
     labels: str | None = None,
@@ -214,7 +220,6 @@ def pair_scores(
 
     Args:
         model: The AirRep checkpoint of method ``airrep``.
-        pool_embeddings: The pool's embeddings by ``model``, when they are stored (an embeddings dataset).
         pool_records, target_records, labels, projection_dim: What a gradient method needs: the
             records (their prompts and responses), and the labels whose target LM and SFT settings give
             the model whose gradients are taken (:class:`airrep.evaluation.methods.GradientState`).
@@ -239,13 +244,8 @@ def pair_scores(
         normalize = base_normalises(base_encoder)
         about = f"untrained `{base_encoder or 'all-MiniLM-L6-v2'}`" + (", L2-normalised" if normalize else "")
     targets = encoder.encode(list(target_texts), batch_size=batch_size, normalize_embeddings=normalize)
-    if pool_embeddings is None:
-        pool_embeddings = encoder.encode(list(pool_texts), batch_size=batch_size, normalize_embeddings=normalize)
-    scores = np.empty((len(targets), len(pool_embeddings)), dtype=np.float32)
-    chunk = 65536  # a float16 pool is converted a chunk at a time: memory stays bounded
-    for start in range(0, len(pool_embeddings), chunk):
-        scores[:, start : start + chunk] = targets @ np.asarray(pool_embeddings[start : start + chunk], np.float32).T
-    return scores, about
+    pool_embeddings = encoder.encode(list(pool_texts), batch_size=batch_size, normalize_embeddings=normalize)
+    return targets @ pool_embeddings.T, about
 
 
 def _gradient_scores(method, pool_records, target_records, labels, projection_dim, seed) -> tuple[np.ndarray, str]:
@@ -278,78 +278,101 @@ def _fingerprint(records: Sequence[dict]) -> str:
 
 
 def select_data(args: SelectArguments) -> dict[str, Any]:
-    """Select from ``args.pool`` for ``args.targets`` and write the selection folder; its summary."""
+    """Select from ``args.pool`` for ``args.targets`` and write the selection folder; its summary.
+
+    The pool is read a batch at a time and, for method ``airrep`` over an embeddings dataset, scored
+    one shard at a time: memory holds the targets, 16 bytes per pool row and the selection.
+    """
     if args.method not in METHODS:
         raise UsageError(f"unknown method {args.method!r}; choose from {', '.join(METHODS)}")
     if args.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if args.model is not None and args.method != "airrep":
         raise UsageError(f"--model applies only to method 'airrep', not {args.method!r}")
+    if args.labels is not None and args.method not in GRADIENT_METHODS:
+        raise UsageError(f"--labels applies only to the gradient methods {GRADIENT_METHODS}, not {args.method!r}")
     model = args.model  # an embeddings pool supplies its own when none is given
-    pool_embeddings, pool_source = None, {"source": args.pool, "split": args.split, "config": args.config}
+    encoded, pool_source = None, {"source": args.pool, "split": args.split, "config": args.config}
     settings_file = Path(args.pool) / "embeddings.json"
     if settings_file.is_file():  # an embeddings dataset: its vectors, and the records it was made from
-        from airrep.serving.index import EmbeddingIndex
-
         encoded = json.loads(settings_file.read_text())
         if args.method == "airrep" and args.model not in (None, encoded["model"]):
             raise UsageError(f"{args.pool} was encoded by {encoded['model']!r}, not --model {args.model!r}")
         model = model or encoded["model"]
         pool_source = {"source": encoded["dataset"], "split": encoded["split"], "config": encoded["config"]}
-        if args.method == "airrep":
-            pool_embeddings = EmbeddingIndex.from_folder(args.pool).embeddings
     if args.method == "airrep" and model is None:
         raise UsageError("method 'airrep' needs a checkpoint: pass --model FOLDER_OR_ID")
-    pool = load_records(pool_source["source"], pool_source["split"], pool_source["config"], "pool")
-    if pool_embeddings is not None and len(pool_embeddings) != len(pool):
-        raise UsageError(f"{args.pool} holds {len(pool_embeddings)} embeddings for a pool of {len(pool)} records")
-    pool_texts = texts_of(pool, f"pool {pool_source['source']}")
-    candidates = distinct(pool_texts)
-    if args.targets.startswith(TASK_PREFIX):
-        task = args.targets.removeprefix(TASK_PREFIX)
-        in_task = np.array([r.get("task") == task for r in pool])
-        targets = [r for r, hit in zip(pool, in_task, strict=True) if hit]
-        candidates = candidates[~in_task[candidates]]
+    pool = open_dataset(pool_source["source"], pool_source["split"], pool_source["config"], "pool")
+    if encoded is not None and encoded.get("rows", pool.num_rows) != pool.num_rows:
+        raise UsageError(f"{args.pool} holds {encoded['rows']} embeddings for a pool of {pool.num_rows} records")
+    clash = sorted(set(pool.column_names) & set(ADDED_COLUMNS))
+    if clash:
+        raise UsageError(f"pool records already have the column(s) {clash} that a selection adds")
+    task = args.targets.removeprefix(TASK_PREFIX) if args.targets.startswith(TASK_PREFIX) else None
+    scan = scan_pool(pool, f"pool {pool_source['source']}", task)
+    if task is not None:
+        targets = as_records(pool.select(scan.task_rows).to_list())
     else:
         targets = load_records(args.targets, args.target_split, what="targets")
     if not targets:
         raise UsageError(f"targets {args.targets!r}: no target examples")
     target_texts = texts_of(targets, f"targets {args.targets}")
-    clash = sorted({c for r in pool for c in ADDED_COLUMNS if c in r})
-    if clash:
-        raise UsageError(f"pool records already have the column(s) {clash} that a selection adds")
+    candidates = scan.candidates
     budget = parse_budget(args.budget, len(candidates))
-    check_budget(budget, len(candidates))
+    check_selection(budget, len(candidates), args.strategy)
 
-    embeddings = None if pool_embeddings is None else pool_embeddings[candidates]
-    if args.labels is not None and args.method not in GRADIENT_METHODS:
-        raise UsageError(f"--labels applies only to the gradient methods {GRADIENT_METHODS}, not {args.method!r}")
-    scores, about = pair_scores(args.method, [pool_texts[i] for i in candidates], target_texts, model,
-                                args.base_encoder, args.seed, args.batch_size, embeddings,
-                                [pool[i] for i in candidates], targets, args.labels,
-                                args.projection_dim)  # fmt: skip
-    chosen = select(scores, budget, args.strategy)
-    rows = candidates[chosen.rows]
+    if encoded is not None and args.method == "airrep":
+        blocks, about = _stored_blocks(args.pool, model, target_texts, candidates, args.batch_size)
+    else:
+        records = as_records(pool.select(candidates).to_list())
+        scores, about = pair_scores(args.method, texts_of(records, "pool"), target_texts, model, args.base_encoder,
+                                    args.seed, args.batch_size, records, targets, args.labels,
+                                    args.projection_dim)  # fmt: skip
+        blocks = [(candidates, scores)]
+    chosen = select_examples(blocks, len(targets), len(candidates), budget, args.strategy)
+    chosen_records = as_records(pool.select(chosen.rows).to_list())
     selected = [
-        {**pool[row], "score": float(score), "rank": rank, "target": int(target)}
-        for rank, (row, score, target) in enumerate(zip(rows, chosen.scores, chosen.targets, strict=True), start=1)
+        {**record, "score": float(score), "rank": rank, "target": int(target)}
+        for rank, (record, score, target) in enumerate(
+            zip(chosen_records, chosen.scores, chosen.targets, strict=True), start=1
+        )
     ]
     summary = {
         "arguments": {**asdict(args), "model": model},
         "method": about,
         "pool": pool_source,
-        "pool_fingerprint": _fingerprint(pool),
+        "pool_fingerprint": scan.fingerprint,
         "targets_fingerprint": _fingerprint(targets),
-        "pool_size": len(pool),
+        "pool_size": scan.size,
         "distinct_candidates": len(candidates),
         "n_targets": len(targets),
         "budget": budget,
-        "pool_rows": rows.tolist(),
+        "pool_rows": chosen.rows.tolist(),
     }
     write_selection(Path(args.output_dir), selected, summary)
     logger.info("selected %d of %d candidates for %d targets with %s (%s) in %s", budget, len(candidates),
                 len(targets), args.method, args.strategy, args.output_dir)  # fmt: skip
     return summary
+
+
+def _stored_blocks(
+    folder: str, model: str, target_texts: list[str], candidates: np.ndarray, batch_size: int
+) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], str]:
+    """Score blocks of an embeddings dataset's stored vectors, one shard in memory at a time."""
+    from airrep.evaluation.methods import check_checkpoint
+    from airrep.serving.index import iter_shards
+    from modeling_airrep import AirRepModel, score_blocks
+
+    check_checkpoint(model)
+    targets = AirRepModel.from_pretrained(model).encode(target_texts, batch_size=batch_size)
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for offset, vectors in iter_shards(folder):
+            low, high = np.searchsorted(candidates, [offset, offset + len(vectors)])
+            for rows, block in score_blocks(targets, vectors, candidates[low:high] - offset):
+                yield rows + offset, block
+
+    return blocks(), f"AirRep `{model}` (the stored embeddings of `{folder}`)"
 
 
 def write_selection(folder: Path, selected: list[dict], summary: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from airrep.serving.embeddings import encode_corpus
 from airrep.serving.selection import STRATEGIES, SelectArguments, parse_budget, select, select_data
 from airrep.serving.validate import validate
 from configuration_airrep import format_text
+from modeling_airrep import distinct_rows, select_examples, text_digests
 
 
 def brute_force(pair_scores: np.ndarray, budget: int, strategy: str) -> tuple[list[int], list[float], list[int]]:
@@ -57,6 +58,47 @@ def test_each_strategy_matches_a_brute_force_selection(strategy, budget):
     assert chosen.targets.tolist() == targets
     np.testing.assert_allclose(chosen.scores, scores, rtol=1e-5, atol=1e-6)
     assert len(set(rows)) == budget
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("block", [1, 5])
+def test_streamed_blocks_in_any_order_select_as_the_whole_matrix(strategy, block):
+    rng = np.random.default_rng(4)
+    pair_scores = rng.integers(-3, 4, size=(4, 23)).astype(np.float32)
+    rows = np.arange(100, 123)  # pool rows of the columns: the selection names rows, not columns
+    blocks = [(rows[a : a + block], pair_scores[:, a : a + block]) for a in range(0, 23, block)][::-1]
+    chosen = select_examples(blocks, 4, 23, 9, strategy)
+    expected_rows, expected_scores, expected_targets = brute_force(pair_scores, 9, strategy)
+    assert chosen.rows.tolist() == [100 + r for r in expected_rows]
+    assert chosen.targets.tolist() == expected_targets
+    np.testing.assert_allclose(chosen.scores, expected_scores, rtol=1e-6, atol=1e-9)
+
+
+def test_blocks_holding_fewer_candidates_than_promised_are_an_error():
+    with pytest.raises(ValueError, match="fewer than the budget of 3"):
+        select_examples([(np.arange(2), np.ones((1, 2)))], 1, 5, 3, "round-robin")
+    with pytest.raises(ValueError, match=r"shape \(1, 2\), expected \(2, 2\)"):
+        select_examples([(np.arange(2), np.ones((1, 2)))], 2, 2, 1, "max")
+
+
+def test_distinct_rows_are_each_texts_first_occurrence():
+    texts = ["b", "a", "b", "c", "a", "", ""]
+    assert distinct_rows(text_digests(texts)).tolist() == [0, 1, 3, 5]
+    assert distinct_rows(text_digests([])).tolist() == []
+
+
+def test_the_models_select_streams_a_memory_map(model, tmp_path):
+    rng = np.random.default_rng(5)
+    corpus = np.lib.format.open_memmap(tmp_path / "corpus.npy", mode="w+", dtype=np.float16, shape=(50, 8))
+    corpus[:] = rng.standard_normal((50, 8))
+    targets = rng.standard_normal((3, 8)).astype(np.float32)
+    candidates = np.arange(0, 50, 2)
+    for strategy in STRATEGIES:
+        chosen = model.select(targets, corpus, 7, strategy, candidates=candidates)
+        scores = targets @ np.asarray(corpus[candidates], dtype=np.float32).T
+        expected_rows, _, expected_targets = brute_force(scores, 7, strategy)
+        assert chosen.rows.tolist() == candidates[expected_rows].tolist()
+        assert chosen.targets.tolist() == expected_targets
 
 
 def test_round_robin_gives_every_target_its_turn():
