@@ -21,13 +21,15 @@ gradients, as LESS ranks data) and ``logra``, on the labels' target LM fine-tune
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
 import numpy as np
 from retraining import Retraining, paired, save_results
 
-from airrep.labels.corpus import generate_split_records
+from airrep.labels import corpus as synthetic
+from airrep.labels import realtext
 from airrep.serving.selection import pair_scores, select
 from configuration_airrep import format_text
 from modeling_airrep import distinct_rows, text_digests
@@ -36,12 +38,25 @@ HELD_OUT_SEED_OFFSET = 7919  # a fresh draw of the corpus generator, never the c
 
 
 def held_out_records(summary: dict, n: int) -> list[dict]:
-    """``n`` fresh records of the built-in corpus, none of whose texts is in its pool or warm-start data."""
+    """Up to ``n`` fresh records of the labels' built-in corpus that share no text with its own splits.
+
+    A fresh draw is the corpus generator with another seed, less every record whose text occurs in
+    the corpus's pool, test or warm-start data; on the real-text corpus also less every record whose
+    response does (the same source entry asked with another template).
+    """
     corpus = summary["corpus"]
-    own = generate_split_records(corpus["sizes"], corpus["seed"])
-    seen = {format_text(r) for split in own.values() for r in split}
-    fresh = generate_split_records({"test": n}, corpus["seed"] + HELD_OUT_SEED_OFFSET)["test"]
-    return [r for r in fresh if format_text(r) not in seen]
+    if corpus.get("name") == realtext.CORPUS_NAME:
+        entries = realtext.load_entries(Path("/"))
+        draw = functools.partial(realtext.generate_split_records, entries=entries)
+    elif corpus.get("name", synthetic.CORPUS_NAME) == synthetic.CORPUS_NAME:
+        draw = synthetic.generate_split_records
+    else:
+        raise SystemExit(f"--labels must be made on a built-in corpus, not {corpus.get('name')!r}")
+    own = [r for split in draw(corpus["sizes"], corpus["seed"]).values() for r in split]
+    seen = {format_text(r) for r in own}
+    responses = {r["targets"] for r in own} if corpus.get("name") == realtext.CORPUS_NAME else set()
+    fresh = draw({"test": n}, corpus["seed"] + HELD_OUT_SEED_OFFSET)["test"]
+    return [r for r in fresh if format_text(r) not in seen and r["targets"] not in responses]
 
 
 def main() -> None:
@@ -116,10 +131,11 @@ def main() -> None:
 
     eval_examples = retraining.examples(eval_records)
     losses: dict[str, dict[int, np.ndarray]] = {m: {} for m in args.methods}
+    exact: dict[str, dict[int, np.ndarray]] = {m: {} for m in args.methods}
     tic = time.perf_counter()
     for k in args.budgets:
         jobs = [(m, u) for u in range(len(units)) for m in args.methods]
-        values = retraining.losses(
+        values, matches = retraining.evaluate(
             eval_examples,
             [selection(m, u, k) for m, u in jobs],
             [np.arange(u * args.n_eval, (u + 1) * args.n_eval) for _, u in jobs],
@@ -127,6 +143,7 @@ def main() -> None:
         )
         for m in args.methods:
             losses[m][k] = np.array([values[j] for j, (mm, _) in enumerate(jobs) if mm == m])
+            exact[m][k] = np.array([matches[j] for j, (mm, _) in enumerate(jobs) if mm == m])
     train_seconds = time.perf_counter() - tic
 
     results = {"tasks": tasks, "seeds": args.seeds, "n_targets": args.n_targets, "n_eval": args.n_eval,
@@ -143,8 +160,15 @@ def main() -> None:
     for m in args.methods:
         cells = []
         for k in args.budgets:
-            entry = {"loss": float(losses[m][k].mean()), "per_unit": losses[m][k].tolist()}
+            entry = {
+                "loss": float(losses[m][k].mean()),
+                "per_unit": losses[m][k].tolist(),
+                "exact_match": float(exact[m][k].mean()),
+                "exact_match_per_unit": exact[m][k].tolist(),
+            }
             entry |= paired(losses["random"][k], losses[m][k])  # random minus this: positive = taught better
+            em = paired(exact[m][k], exact["random"][k])  # this minus random: positive = more answers exact
+            entry |= {"exact_match_difference": em["difference"], "exact_match_difference_ci": em["difference_ci"]}
             low, high = entry["difference_ci"]
             cell = f"{entry['loss']:.3f} | {entry['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
             if reference:
@@ -154,6 +178,18 @@ def main() -> None:
                 cell += f" | {versus['difference']:+.3f} [{v_low:+.3f}, {v_high:+.3f}]"
             results["budgets"].setdefault(str(k), {})[m] = entry
             cells.append(cell)
+        print(f"| {m} | " + " | ".join(cells) + " |")
+    print("\nExact match: the share of held-out examples whose whole response greedy decoding reproduces "
+          "(airrep.labels.subset_training.QueryScores), and this method's minus random's, in points.\n")  # fmt: skip
+    print("| method | " + " | ".join(f"k = {k}: exact match | this minus random" for k in args.budgets) + " |")
+    print("|---|" + "---|---|" * len(args.budgets))
+    for m in args.methods:
+        cells = []
+        for k in args.budgets:
+            entry = results["budgets"][str(k)][m]
+            low, high = (100 * v for v in entry["exact_match_difference_ci"])
+            cells.append(f"{100 * entry['exact_match']:.1f} | {100 * entry['exact_match_difference']:+.1f} "
+                         f"[{low:+.1f}, {high:+.1f}]")  # fmt: skip
         print(f"| {m} | " + " | ".join(cells) + " |")
     if args.output:
         title = f"Selection for {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals"

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from datasets import load_dataset
 
-from airrep.labels.subset_training import SFTSettings, train_and_score
+from airrep.labels.subset_training import SFTSettings, train_and_evaluate
 from airrep.labels.target_lm import load_target_lm, sft_example
 from airrep.lds import bootstrap_ci
 from airrep.outputs import save_figure, write_json
@@ -54,16 +54,23 @@ class Retraining:
     def examples(self, records: Sequence[dict]) -> list:
         return [sft_example(self.tokenizer, r, self.max_length(self.model), i) for i, r in enumerate(records)]
 
-    def losses(self, queries: list, subsets: list[np.ndarray], query_sets: list[np.ndarray], seeds: list[int]):
-        """Mean query loss of one fine-tune per subset (all subsets one size), ``per_batch`` at a time."""
-        out = np.empty(len(subsets))
+    def evaluate(
+        self, queries: list, subsets: list[np.ndarray], query_sets: list[np.ndarray], seeds: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean query loss and exact-match rate of one fine-tune per subset (all one size), ``per_batch`` at a time."""
+        losses, exact = np.empty(len(subsets)), np.empty(len(subsets))
         for start in range(0, len(subsets), self.per_batch):
             end = start + self.per_batch
-            scored = train_and_score(self.model, self.pool_examples, queries, subsets[start:end],
-                                     query_sets[start:end], seeds[start:end], self.sft,
-                                     self.tokenizer.pad_token_id)  # fmt: skip
-            out[start:end] = scored.mean(axis=1)
-        return out
+            scored = train_and_evaluate(self.model, self.pool_examples, queries, subsets[start:end],
+                                        query_sets[start:end], seeds[start:end], self.sft,
+                                        self.tokenizer.pad_token_id)  # fmt: skip
+            losses[start:end] = scored.losses.mean(axis=1)
+            exact[start:end] = scored.exact_match.mean(axis=1)
+        return losses, exact
+
+    def losses(self, queries: list, subsets: list[np.ndarray], query_sets: list[np.ndarray], seeds: list[int]):
+        """Mean query loss of one fine-tune per subset."""
+        return self.evaluate(queries, subsets, query_sets, seeds)[0]
 
 
 def paired(values: np.ndarray, reference: np.ndarray) -> dict[str, Any]:

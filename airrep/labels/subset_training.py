@@ -40,6 +40,7 @@ from airrep.labels.target_lm import (
     selects_logits,
     takes_packed_rows,
     token_losses,
+    token_misses,
 )
 
 
@@ -205,12 +206,16 @@ class _Stacked:
             return self._logits(one, {k: v[0] for k, v in inputs.items()}, positions[0]).unsqueeze(0)
         return vmap(self._logits)(self.params, inputs, positions)
 
-    def response_losses(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed response loss and response-token count, ``(models, rows)`` each."""
+    def response_logits(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 logits at the response positions, ``(models, rows, P, vocab)``, and their targets."""
         positions, targets = response_positions(labels)
         with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self(inputs, positions)
-        return token_losses(logits.float(), targets)
+        return logits.float(), targets
+
+    def response_losses(self, inputs: Inputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed response loss and response-token count, ``(models, rows)`` each."""
+        return token_losses(*self.response_logits(inputs, labels))
 
 
 EpochCallback = Callable[[int, dict[str, torch.Tensor], float], None]
@@ -262,28 +267,47 @@ def _finetune(
             on_epoch_end(epoch, {name: p.detach().clone() for name, p in stacked.params.items()}, float(np.mean(rates)))
 
 
-def _losses(
+@dataclass
+class QueryScores:
+    """What each fine-tuned model does on its queries, ``(n_models, n_queries_per_model)`` each."""
+
+    losses: np.ndarray
+    """Mean cross-entropy over the query's response tokens (float64), NaN where training diverged."""
+    exact_match: np.ndarray
+    """Whether greedy decoding from the prompt reproduces the whole response, end token included (bool).
+
+    Read from the same forward pass as the loss: fed the response so far, the model's top token is
+    the next response token at every position. That is exactly what greedy generation checks, up
+    to rounding where two tokens' logits nearly tie.
+    """
+
+
+def _scores(
     stacked: _Stacked,
     queries: Sequence[SFTExample],
     query_sets: Sequence[np.ndarray],
     settings: SFTSettings,
     pad_id: int,
-) -> np.ndarray:
+) -> QueryScores:
     device = next(iter(stacked.params.values())).device
     n_queries = len(query_sets[0])
     losses = np.empty((stacked.n_models, n_queries))
+    exact = np.zeros((stacked.n_models, n_queries), dtype=bool)
     with torch.no_grad():
         for begin in range(0, n_queries, settings.eval_batch_size):
             rows = [[queries[int(i)] for i in qs[begin : begin + settings.eval_batch_size]] for qs in query_sets]
             # Padded, not packed: each row's sums are one query's.
-            summed, counts = stacked.response_losses(*_stack(rows, pad_id, device))
+            logits, targets = stacked.response_logits(*_stack(rows, pad_id, device))
+            summed, counts = token_losses(logits, targets)
             per_query = summed / counts.clamp(min=1)
             per_query[counts == 0] = float("nan")
-            losses[:, begin : begin + per_query.shape[1]] = per_query.double().cpu().numpy()
-    return losses
+            end = begin + per_query.shape[1]
+            losses[:, begin:end] = per_query.double().cpu().numpy()
+            exact[:, begin:end] = ((token_misses(logits, targets) == 0) & (counts > 0)).cpu().numpy()
+    return QueryScores(losses, exact)
 
 
-def train_and_score(
+def train_and_evaluate(
     model: torch.nn.Module,
     pool: Sequence[SFTExample],
     queries: Sequence[SFTExample],
@@ -292,8 +316,8 @@ def train_and_score(
     seeds: Sequence[int],
     settings: SFTSettings,
     pad_id: int,
-) -> np.ndarray:
-    """Train one copy of ``model`` per subset and return their query losses.
+) -> QueryScores:
+    """Train one copy of ``model`` per subset and return each copy's loss and exact match on its queries.
 
     Args:
         model: The target LM; its weights are the starting point of every copy and are not changed.
@@ -303,10 +327,6 @@ def train_and_score(
         seeds: One seed per model; it fixes the model's data order.
         settings: SFT hyper-parameters (AdamW, linear decay to 0).
         pad_id: Padding token id.
-
-    Returns:
-        ``(n_models, n_queries_per_model)`` float64: each query's mean cross-entropy over its response
-        tokens, NaN where training diverged.
     """
     n_models = len(subsets)
     if len({len(s) for s in subsets}) != 1 or len({len(q) for q in query_sets}) != 1:
@@ -319,9 +339,28 @@ def train_and_score(
         trained = with_lora(model, settings) if settings.lora_rank else model
         stacked = _Stacked(trained, n_models, settings.response_logits_only, settings.bf16)
         _finetune(stacked, pool, subsets, seeds, settings, pad_id)
-        return _losses(stacked, queries, query_sets, settings, pad_id)
+        return _scores(stacked, queries, query_sets, settings, pad_id)
     finally:
         model.train(was_training)
+
+
+def train_and_score(
+    model: torch.nn.Module,
+    pool: Sequence[SFTExample],
+    queries: Sequence[SFTExample],
+    subsets: Sequence[np.ndarray],
+    query_sets: Sequence[np.ndarray],
+    seeds: Sequence[int],
+    settings: SFTSettings,
+    pad_id: int,
+) -> np.ndarray:
+    """Train one copy of ``model`` per subset and return their query losses (see :func:`train_and_evaluate`).
+
+    Returns:
+        ``(n_models, n_queries_per_model)`` float64: each query's mean cross-entropy over its response
+        tokens, NaN where training diverged.
+    """
+    return train_and_evaluate(model, pool, queries, subsets, query_sets, seeds, settings, pad_id).losses
 
 
 def finetune(

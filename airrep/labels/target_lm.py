@@ -217,6 +217,15 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     return losses.sum(-1), (targets != IGNORE_INDEX).sum(-1)
 
 
+def token_misses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row count of scored ``targets`` that are not the top token of their ``logits`` (ties: the lower id).
+
+    Zero means that greedy decoding, fed the response so far, emits every response token: with
+    the end token among the targets, greedy generation reproduces the response exactly.
+    """
+    return ((logits.argmax(-1) != targets) & (targets != IGNORE_INDEX)).sum(-1)
+
+
 def response_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example summed next-token cross-entropy over labelled tokens, and the count of those tokens."""
     return token_losses(logits[..., :-1, :], labels[..., 1:])

@@ -22,7 +22,6 @@ from modeling_airrep import group_influence, top_k
 BACKENDS = ("exact", "faiss-flat", "faiss-ivf")
 
 
-
 def shard_files(folder: str | os.PathLike) -> tuple[dict, list[Path]]:
     """The summary (``embeddings.json``) and the shard files, in row order, of a finished embeddings dataset.
 

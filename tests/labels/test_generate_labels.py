@@ -1,6 +1,7 @@
 """generate_labels.py on the smoke preset: the dataset contract, disjointness, resuming after a real
 kill, a 2-process torchrun run, divergence flagging and bad input."""
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from helpers import kill_when, spawn
 
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as run
-from airrep.labels.subset_training import SFTSettings, finetune, train_and_score
+from airrep.labels.subset_training import SFTSettings, finetune, train_and_evaluate, train_and_score
 from airrep.labels.target_lm import (
     IGNORE_INDEX,
     SFTExample,
@@ -198,6 +199,32 @@ def _subsets(n_models, seed, size=30):
     """``n_models`` random subsets of ``tiny_target``'s 120-example pool."""
     rng = np.random.default_rng(seed)
     return [np.sort(rng.choice(120, size, replace=False)) for _ in range(n_models)]
+
+
+def test_exact_match_is_what_greedy_generation_gives(tiny_target):
+    model, tokenizer, pool, _ = tiny_target
+    # Long enough on 16 examples that the model reproduces some of them and not others.
+    settings = SFTSettings(epochs=25, learning_rate=1e-2, batch_size=4)
+    rows = np.arange(16)
+    scores = train_and_evaluate(model, pool, pool, [rows], [rows], [3], settings, tokenizer.pad_token_id)
+    trained = copy.deepcopy(model)
+    weights = finetune(model, pool, rows, 3, settings, tokenizer.pad_token_id)[-1][0]
+    loaded = trained.load_state_dict(weights, strict=False)
+    assert not loaded.unexpected_keys and set(loaded.missing_keys) <= {"lm_head.weight"}  # tied to the embeddings
+    generated = []
+    for row in rows:
+        example = pool[row]
+        n_prompt = example.labels.count(IGNORE_INDEX)
+        response = example.input_ids[n_prompt:]  # ends with the end token
+        out = trained.generate(torch.tensor([example.input_ids[:n_prompt]]), max_new_tokens=len(response) + 2,
+                               do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id)[0, n_prompt:].tolist()  # fmt: skip
+        generated.append(out[: len(response)] == response)
+    assert scores.exact_match[0].tolist() == generated
+    assert 0 < sum(generated) < len(rows)  # both outcomes occur
+    np.testing.assert_array_equal(
+        scores.losses, train_and_score(model, pool, pool, [rows], [rows], [3], settings, tokenizer.pad_token_id)
+    )
 
 
 def test_batched_training_equals_one_model_at_a_time(tiny_target):
