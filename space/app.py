@@ -1,8 +1,9 @@
-"""AirRep attribution explorer: paste a model output, see which training examples explain it.
+"""AirRep attribution explorer: paste a model output, see which training examples explain it; or paste
+target examples, and select the training data that best teaches them.
 
 Runs on a Hugging Face Space with nothing but this folder: the model is loaded with
 ``AutoModel.from_pretrained(AIRREP_MODEL, trust_remote_code=True)``, and the text format, top-k and
-group influence all come from the checkpoint's own code.
+group influence and the selection rule all come from the checkpoint's own code.
 
     AIRREP_MODEL=out/demo/model python space/app.py
 
@@ -19,6 +20,8 @@ import csv
 import hashlib
 import json
 import os
+import sys
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +36,10 @@ MAX_CORPUS = int(os.environ.get("AIRREP_MAX_CORPUS", "20000"))
 MAX_TEXT_CHARS = int(os.environ.get("AIRREP_MAX_TEXT_CHARS", "4000"))
 CONCURRENCY = int(os.environ.get("AIRREP_CONCURRENCY", "2"))
 MAX_K = 50
+MAX_TARGETS = 200
+# The checkpoint's modeling_airrep.SELECTION_STRATEGIES (a test keeps the two equal); the model checks it too.
+STRATEGIES = ("round-robin", "max", "mean", "sum", "attention")
+ADDED_COLUMNS = ("score", "rank", "target")  # as select_data.py writes them
 BUILTIN_POOL = Path(__file__).with_name("builtin_pool.parquet")
 SOURCES = ("Built-in corpus", "Uploaded file", "Labels dataset pool")
 DISPLAY_CHARS = 300
@@ -273,35 +280,167 @@ def attribute(
     return table, plot, group_table, status
 
 
+def parse_targets(text: str, upload: str | None) -> list[Any]:
+    """Target examples: the uploaded file's records, or one per pasted line (a JSON object, or plain text)."""
+    if upload:
+        path = upload if isinstance(upload, str) else getattr(upload, "name", str(upload))
+        targets = read_records(path)
+    else:
+        targets = []
+        for number, line in enumerate((text or "").splitlines(), start=1):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("{"):
+                try:
+                    targets.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise gr.Error(f"Target line {number} starts like JSON but is not: {error}") from None
+            else:
+                targets.append(line)
+    if not targets:
+        raise gr.Error("Enter target examples: one per line (plain text or a JSON record), or upload a file")
+    if len(targets) > MAX_TARGETS:
+        raise gr.Error(f"{len(targets):,} target examples; this Space accepts at most {MAX_TARGETS:,}")
+    return targets
+
+
+def target_texts(model, targets: list[Any]) -> list[str]:
+    texts = []
+    for index, target in enumerate(targets):
+        try:
+            text = model.config.format_text(target, index=index)
+        except ValueError as error:
+            raise gr.Error(f"Target {index} cannot be used: {error}") from None
+        if len(text) > MAX_TEXT_CHARS:
+            raise gr.Error(f"Target {index} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        texts.append(text)
+    return texts
+
+
+def write_jsonl(rows: list[dict[str, Any]]) -> str:
+    """The selection as a JSONL file in a fresh temporary folder; gradio serves it for download."""
+    folder = tempfile.mkdtemp(prefix="airrep-selection-")
+    path = os.path.join(folder, "selection.jsonl")
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return path
+
+
+def select_training_data(
+    targets_text: str,
+    targets_upload: str | None,
+    budget: float,
+    strategy: str,
+    source: str,
+    upload: str | None,
+    labels_id: str,
+    model_id: str,
+) -> tuple[pd.DataFrame, str, str]:
+    """The ``budget`` corpus examples that best teach the targets, as a table and a JSONL download.
+
+    Each distinct corpus text is one candidate. The rule is the checkpoint's own
+    (``modeling_airrep.select_examples``): ``round-robin`` lets the targets take turns, each taking its
+    best example not yet taken (the AirRep authors' rule); the others rank candidates by their max, mean,
+    sum or attention-pooled score over the targets.
+    """
+    targets = parse_targets(targets_text, targets_upload)
+    model_id, model = load_model(model_id)
+    key, records = load_corpus(source, upload, labels_id)
+    texts = corpus_texts(model, records)
+    corpus = EMBEDDINGS.get((model_id, key), lambda: model.encode(texts, batch_size=32))
+    code = sys.modules[type(model).__module__]  # the checkpoint's modeling_airrep
+    candidates = code.distinct_rows(code.text_digests(texts))
+    budget = int(budget or 0)
+    try:
+        code.check_selection(budget, len(candidates), strategy)
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    queries = model.encode(target_texts(model, targets), batch_size=32)
+    chosen = model.select(queries, corpus, budget, strategy, candidates=candidates)
+    rows, download = [], []
+    for rank, (index, score, target) in enumerate(zip(chosen.rows.tolist(), chosen.scores.tolist(),
+                                                      chosen.targets.tolist(), strict=True), start=1):  # fmt: skip
+        text = texts[index]
+        rows.append({"rank": rank, "score": round(float(score), 4), "index": index, "target": target,
+                     "task": str(records[index].get("task", "")) if isinstance(records[index], dict) else "",
+                     "text": text if len(text) <= DISPLAY_CHARS else text[:DISPLAY_CHARS] + "…"})  # fmt: skip
+        record = records[index] if isinstance(records[index], dict) else {"text": records[index]}
+        clash = sorted(set(record) & set(ADDED_COLUMNS))
+        if clash:
+            raise gr.Error(f"Corpus record {index} already has the field(s) {clash} that a selection adds")
+        download.append({**record, "score": float(score), "rank": rank, "target": target})
+    table = pd.DataFrame(rows, columns=["rank", "score", "index", "target", "task", "text"])
+    status = (f"Model `{model_id}` · {budget:,} of {len(candidates):,} distinct corpus examples selected for "
+              f"{len(targets):,} target(s) · strategy `{strategy}`")  # fmt: skip
+    return table, write_jsonl(download), status
+
+
+def corpus_inputs() -> tuple[gr.Radio, gr.File, gr.Textbox]:
+    """The corpus choice: the built-in pool, an uploaded file, or a labels dataset's pool."""
+    source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Corpus")
+    upload = gr.File(label="JSONL, CSV or parquet file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                     type="filepath")  # fmt: skip
+    labels_id = gr.Textbox(label="Labels dataset (folder or Hub id)")
+    return source, upload, labels_id
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="AirRep attribution explorer") as demo:
         gr.Markdown(
             "# AirRep attribution explorer\n"
-            "Which training examples explain a model's output? AirRep embeds the query and every training "
-            "example; the dot product of two embeddings predicts how much training on the example lowers the "
-            "query's loss. Groups are scored with attention pooling (AirRep's) and sum pooling side by side."
+            "Which training examples explain a model's output, and which would teach it a behaviour? AirRep "
+            "embeds texts so that the dot product of two embeddings predicts how much training on one "
+            "example lowers the loss of the other."
         )
-        with gr.Row():
-            with gr.Column():
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-                response = gr.Textbox(label="Response (the model output to explain)", lines=2, elem_id="response")
-                free_text = gr.Textbox(label="…or free text", lines=2, elem_id="free-text")
-                k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
-            with gr.Column():
-                source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Corpus")
-                upload = gr.File(label="JSONL, CSV or parquet file", file_types=[".jsonl", ".json", ".csv", ".parquet"],
-                                 type="filepath")  # fmt: skip
-                labels_id = gr.Textbox(label="Labels dataset (folder or Hub id)")
-                group_task = gr.Textbox(label="Group: all examples of task", elem_id="group-task")
-                group_indices = gr.Textbox(label="Group: row indices (e.g. 3, 17, 42)")
-                model_id = gr.Textbox(label="AirRep model (folder or Hub id)", value=MODEL_ID)
-        run = gr.Button("Attribute", variant="primary", elem_id="attribute")
-        status = gr.Markdown()
-        table = gr.Dataframe(label="Top training examples", elem_id="results", wrap=True)
-        plot = gr.BarPlot(x="example", y="score", label="Scores", sort="-y", elem_id="scores-plot")
-        group_table = gr.Dataframe(label="Group influence (attention and sum pooling)", elem_id="groups")
+        model_id = gr.Textbox(label="AirRep model (folder or Hub id)", value=MODEL_ID)
+        with gr.Tabs():
+            with gr.Tab("Attribute an output", id="attribute-tab"):
+                gr.Markdown("Paste a prompt and the response to explain. Groups are scored with attention "
+                            "pooling (AirRep's) and sum pooling side by side.")  # fmt: skip
+                with gr.Row():
+                    with gr.Column():
+                        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                        response = gr.Textbox(label="Response (the model output to explain)", lines=2,
+                                              elem_id="response")  # fmt: skip
+                        free_text = gr.Textbox(label="…or free text", lines=2, elem_id="free-text")
+                        k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
+                    with gr.Column():
+                        source, upload, labels_id = corpus_inputs()
+                        group_task = gr.Textbox(label="Group: all examples of task", elem_id="group-task")
+                        group_indices = gr.Textbox(label="Group: row indices (e.g. 3, 17, 42)")
+                run = gr.Button("Attribute", variant="primary", elem_id="attribute")
+                status = gr.Markdown()
+                table = gr.Dataframe(label="Top training examples", elem_id="results", wrap=True)
+                plot = gr.BarPlot(x="example", y="score", label="Scores", sort="-y", elem_id="scores-plot")
+                group_table = gr.Dataframe(label="Group influence (attention and sum pooling)", elem_id="groups")
+            with gr.Tab("Select training data", id="select-tab"):
+                gr.Markdown("Paste target examples of the behaviour to teach, one per line (plain text, or a "
+                            'JSON record such as `{"prompt": "...", "response": "..."}`), or upload them. '
+                            "AirRep picks the corpus examples predicted to lower the targets' loss most.")  # fmt: skip
+                with gr.Row():
+                    with gr.Column():
+                        targets_text = gr.Textbox(label="Target examples, one per line", lines=6,
+                                                  elem_id="targets")  # fmt: skip
+                        targets_upload = gr.File(label="…or a JSONL, CSV or parquet file of targets",
+                                                 file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                                                 type="filepath")  # fmt: skip
+                        budget = gr.Number(label="Budget (examples to select)", value=20, precision=0,
+                                           minimum=1, elem_id="budget")  # fmt: skip
+                        strategy = gr.Dropdown(list(STRATEGIES), value=STRATEGIES[0], label="Strategy")
+                    with gr.Column():
+                        select_source, select_upload, select_labels = corpus_inputs()
+                select_run = gr.Button("Select", variant="primary", elem_id="select")
+                select_status = gr.Markdown(elem_id="select-status")
+                selected = gr.Dataframe(label="Selected training examples", elem_id="selected", wrap=True)
+                selection_file = gr.File(label="Download the selection (JSONL)", elem_id="selection-file")
         inputs = [prompt, response, free_text, k, source, upload, labels_id, group_task, group_indices, model_id]
         run.click(attribute, inputs, [table, plot, group_table, status], api_name="attribute")
+        select_inputs = [targets_text, targets_upload, budget, strategy, select_source, select_upload, select_labels,
+                         model_id]  # fmt: skip
+        select_run.click(select_training_data, select_inputs, [selected, selection_file, select_status],
+                         api_name="select")  # fmt: skip
     return demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
 
 

@@ -2,6 +2,7 @@
 playwright, and under 8 concurrent clients. Answers are checked against the model computed directly."""
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -234,3 +235,129 @@ def test_corpus_embeddings_are_computed_once_per_corpus(client, app, tmp_path, m
 def test_plain_text_pool_rows_keep_their_text(app, model):
     # A labels pool built from plain-text records has rows {"id", "text"}: the text is the record.
     assert app.corpus_texts(model, [{"id": "0", "text": "alpha"}, {"id": "1", "text": "beta"}]) == ["alpha", "beta"]
+
+
+# ----------------------------------------------------------------------------- the "Select training data" tab
+
+TARGETS = ['{"prompt": "What is 12 plus 30?", "response": "42"}', "What is 7 times 8? 56",
+           '{"prompt": "Reverse the word \'stone\'.", "response": "enots"}']  # fmt: skip
+PASTED = "\n".join(TARGETS)
+
+
+def call_select(client, targets=PASTED, targets_upload=None, budget=12, strategy="round-robin",
+                source="Built-in corpus", upload=None, labels="", model=""):  # fmt: skip
+    from gradio_client import handle_file
+
+    targets_upload = handle_file(str(targets_upload)) if targets_upload else None
+    upload = handle_file(str(upload)) if upload else None
+    return client.predict(targets, targets_upload, budget, strategy, source, upload, labels, model,
+                          api_name="/select")  # fmt: skip
+
+
+def test_the_spaces_strategies_are_the_checkpoints(app):
+    import modeling_airrep
+
+    assert app.STRATEGIES == modeling_airrep.SELECTION_STRATEGIES
+
+
+@pytest.mark.parametrize("strategy", ["round-robin", "attention"])
+def test_the_space_selects_what_select_data_selects(client, saved_folder, tmp_path, strategy):
+    from airrep.serving.selection import SelectArguments, select_data
+
+    pool = tmp_path / "pool.jsonl"
+    pd.DataFrame(builtin_pool_records()).to_json(pool, orient="records", lines=True)
+    targets = tmp_path / "targets.jsonl"
+    targets.write_text("".join(line + "\n" if line.startswith("{") else json.dumps({"text": line}) + "\n"
+                               for line in TARGETS))  # fmt: skip
+    summary = select_data(SelectArguments(pool=str(pool), targets=str(targets), output_dir=str(tmp_path / "cli"),
+                                          model=str(saved_folder), budget="12", strategy=strategy))  # fmt: skip
+    table, download, status = call_select(client, strategy=strategy)
+    selected = rows(table)
+    assert selected["index"].tolist() == summary["pool_rows"]
+    assert selected["rank"].tolist() == list(range(1, 13))
+    expected = load_dataset(str(tmp_path / "cli"), split="train")
+    np.testing.assert_allclose(selected["score"], expected["score"], atol=1e-3)
+    assert selected["target"].tolist() == expected["target"]
+    assert f"12 of {summary['distinct_candidates']:,} distinct corpus examples selected for 3 target(s)" in status
+    # The download is the selected records, whole, with the selection's columns, readable by datasets.
+    downloaded = load_dataset("json", data_files=download, split="train")
+    records = builtin_pool_records()
+    assert [{k: r[k] for k in records[0]} for r in downloaded] == [records[i] for i in summary["pool_rows"]]
+    assert downloaded["rank"] == list(range(1, 13)) and downloaded["target"] == expected["target"]
+
+
+def test_targets_upload_and_duplicate_corpus_texts(client, tmp_path):
+    upload = tmp_path / "pool.jsonl"
+    pool = [{"prompt": "Add 2 and 3.", "response": "5"}, {"prompt": "Add 2 and 3.", "response": "5"},
+            {"prompt": "Name a colour.", "response": "red"}, {"text": "The sky is blue."}]  # fmt: skip
+    pd.DataFrame(pool).to_json(upload, orient="records", lines=True)
+    targets = tmp_path / "targets.csv"
+    pd.DataFrame([{"prompt": "Add 4 and 4.", "response": "8"}]).to_csv(targets, index=False)
+    table, _, status = call_select(client, targets="", targets_upload=targets, budget=3, strategy="max",
+                                   source="Uploaded file", upload=upload)  # fmt: skip
+    assert sorted(rows(table)["index"]) == [0, 2, 3]  # row 1 repeats row 0's text: one candidate
+    assert "3 of 3 distinct corpus examples selected for 1 target(s)" in status
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"targets": "  \n"}, "Enter target examples"),
+        ({"targets": '{"prompt": "a", '}, "Target line 1 starts like JSON but is not"),
+        ({"targets": '{"question": "a"}'}, "Target 0 cannot be used"),
+        ({"budget": 5000}, "a budget of 5000 examples does not fit a pool of"),
+        ({"budget": 0}, "Value 0 is less than minimum value 1"),  # gradio's own check, before the app
+        ({"strategy": "best"}, "unknown strategy 'best'|Value: best is not in the list of choices"),
+        ({"source": "Uploaded file"}, "Choose a file to upload"),
+    ],
+)
+def test_bad_selection_input_gets_a_clear_message(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises((AppError, ValueError), match=message):
+        call_select(client, **kwargs)
+    assert len(rows(call_select(client, budget=2)[0])) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_real_browser_selects_training_data_and_gets_the_download(app, saved_folder, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    import modeling_airrep
+
+    records = builtin_pool_records()
+    model = modeling_airrep.AirRepModel.from_pretrained(str(saved_folder))
+    texts = [format_text(r) for r in records]
+    corpus = model.encode(texts, batch_size=64)
+    targets = model.encode([json.loads(TARGETS[0])], batch_size=1)
+    candidates = modeling_airrep.distinct_rows(modeling_airrep.text_digests(texts))
+    chosen = model.select(targets, corpus, 5, "round-robin", candidates=candidates).rows
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    shots = Path(os.environ.get("AIRREP_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app.demo.local_url)
+        page.get_by_role("tab", name="Select training data").click()
+        page.locator("#targets textarea").fill(TARGETS[0])
+        page.locator("#budget input").fill("5")
+        page.locator("#select").click()
+        selected = page.locator("#selected")
+        for index in chosen:  # every expected row, by its text, in the rendered table
+            expect(selected).to_contain_text(texts[index].split("\n")[0], timeout=60_000)
+        expect(page.locator("#select-status")).to_contain_text("5 of", timeout=30_000)
+        link = page.locator("#selection-file a[data-testid='download-link']")
+        expect(link).to_have_attribute("download", "selection.jsonl", timeout=30_000)
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "selection.jsonl"
+        download.value.save_as(saved)
+        page.screenshot(path=str(shots / "space-select.png"), full_page=True)
+        browser.close()
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [line["rank"] for line in lines] == [1, 2, 3, 4, 5]
+    assert [format_text({k: v for k, v in line.items() if k in records[0]}) for line in lines] == [
+        texts[i] for i in chosen
+    ]
