@@ -192,7 +192,8 @@ def main() -> None:
                          f"[{low:+.1f}, {high:+.1f}]")  # fmt: skip
         print(f"| {m} | " + " | ".join(cells) + " |")
     if args.output:
-        title = f"Selection for {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals"
+        corpus = summary["corpus"].get("name", "the built-in corpus")
+        title = f"Selection on {corpus}: {len(tasks)} tasks x {args.seeds} seeds ({args.strategy}); 95% intervals"
         entries = {f"k = {k}": v for k, v in results["budgets"].items()}
         save_results(args.output, results, entries, "held-out loss: random minus method", title)
 
