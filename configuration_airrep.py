@@ -13,12 +13,19 @@ from transformers import BertConfig
 
 DEFAULT_TEXT_TEMPLATE = "Question: {prompt}\nAnswer: {response}"
 DEFAULT_MAX_PROMPT_WORDS = 256
-GROUP_POOLINGS = ("sum", "attention")  # sum first, as the columns of the paper's tables
+# sum first, as the columns of the paper's tables; "softmax" is the AirRep authors' evaluation pooling
+# (softmax over the raw scores, no absolute value), computed when asked for.
+GROUP_POOLINGS = ("sum", "attention", "softmax")
+DEFAULT_POOLINGS = GROUP_POOLINGS[:2]  # what reports show unless asked for more
 
 _SCHEMAS_HELP = (
     "instruction/input/output (Alpaca), inputs/targets (FLAN), prompt/response or prompt/completion, "
-    "messages (chat: a list of role/content turns ending in an assistant turn), or text"
+    "messages (chat: a list of role/content turns ending in an assistant turn), data ([prompt, response], "
+    "as in the AirRep authors' files), or text"
 )
+# The AirRep authors' formatter cuts the prompt of a `data: [prompt, response]` record to 100 words
+# before its usual 256-word cut.
+DATA_PROMPT_WORDS = 100
 
 
 class RecordFormatError(ValueError):
@@ -65,8 +72,9 @@ def split_record(record: str | Mapping[str, Any], index: int | None = None) -> t
     Schemas, tried in this order: chat ``messages`` (the last assistant turn is the response and the
     turns before it form the prompt), Alpaca ``instruction``/``input``/``output`` (the prompt is
     ``instruction + " " + input``), FLAN ``inputs``/``targets``, ``prompt``/``response`` or
-    ``prompt``/``completion``, and plain ``text``. A plain string or a ``text`` record has no prompt:
-    ``(None, text)`` is returned.
+    ``prompt``/``completion``, the AirRep authors' ``data: [prompt, response]`` (the prompt cut to
+    :data:`DATA_PROMPT_WORDS` words, as their formatter does), and plain ``text``. A plain string or a
+    ``text`` record has no prompt: ``(None, text)`` is returned.
 
     Args:
         record: A string, or a mapping in one of the schemas above. Other keys are ignored.
@@ -95,6 +103,13 @@ def split_record(record: str | Mapping[str, Any], index: int | None = None) -> t
     if "prompt" in keys and ({"response", "completion"} & keys):
         response_key = "response" if "response" in keys else "completion"
         return _field(record, "prompt", index), _field(record, response_key, index)
+    if "data" in keys:
+        pair = record["data"]
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise RecordFormatError(f"{_where(index)}: field 'data' must be a [prompt, response] pair of strings")
+        if not pair[1].strip():
+            raise RecordFormatError(f"{_where(index)}: the response in field 'data' is empty")
+        return " ".join(pair[0].split()[:DATA_PROMPT_WORDS]), pair[1]
     if "text" in keys:
         return None, _field(record, "text", index)
     raise RecordFormatError(
@@ -142,7 +157,7 @@ class AirRepConfig(BertConfig):
         max_prompt_words (`int`, *optional*, defaults to 256):
             The prompt is cut to this many words before the template is applied.
         group_pooling (`str`, *optional*, defaults to ``"attention"``):
-            Default pooling of ``group_influence``: ``"attention"`` or ``"sum"``.
+            Default pooling of ``group_influence``: ``"attention"``, ``"sum"`` or ``"softmax"``.
         base_model (`str`, *optional*):
             Name of the encoder this model was initialised from, for model cards.
         frozen_layers (`int`, *optional*, defaults to 0):

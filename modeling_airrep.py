@@ -212,7 +212,9 @@ def group_influence(
 
     - ``pooling="attention"``: :math:`\sum_i \mathrm{softmax}(|s|)_i\, s_i` (the absolute value inside the
       softmax, as in AirRep's training code);
-    - ``pooling="sum"``: :math:`\sum_i s_i`, the linear-datamodel assumption of gradient methods.
+    - ``pooling="sum"``: :math:`\sum_i s_i`, the linear-datamodel assumption of gradient methods;
+    - ``pooling="softmax"``: :math:`\sum_i \mathrm{softmax}(s)_i\, s_i`, without the absolute value, as
+      the AirRep authors' evaluation script pools (their published LDS figures use it).
 
     The work streams over chunks of (subset, member) pairs and merges softmax statistics across
     chunks with the log-sum-exp rule, so memory stays at about ``chunk_size x (n_queries + dim)``
@@ -224,7 +226,7 @@ def group_influence(
         query_embeddings: ``(n_queries, dim)`` array or tensor (a single vector is one query).
         corpus_embeddings: ``(n_corpus, dim)`` array or tensor.
         subsets: Row indices into ``corpus_embeddings``, one sequence per subset (or a 2-D int array).
-        pooling: ``"attention"`` or ``"sum"``.
+        pooling: ``"attention"``, ``"sum"`` or ``"softmax"``.
         chunk_size: (subset, member) pairs scored at once; by default about 4M scores per chunk.
 
     Returns:
@@ -250,7 +252,7 @@ def group_influence(
 
     zeros = dict(dtype=queries.dtype, device=queries.device)
     numerator = torch.zeros(n_groups, n_queries, **zeros)
-    if pooling == "attention":
+    if pooling != "sum":
         running_max = torch.full((n_groups, n_queries), float("-inf"), **zeros)
         normaliser = torch.zeros(n_groups, n_queries, **zeros)
 
@@ -264,7 +266,7 @@ def group_influence(
         if pooling == "sum":
             numerator[first:last].index_add_(0, local, scores)
             continue
-        magnitude = scores.abs()
+        magnitude = scores.abs() if pooling == "attention" else scores  # the softmax's logits
         chunk_max = torch.full((last - first, n_queries), float("-inf"), **zeros)
         # The shift only keeps exp() finite and cancels out of the result, so it carries no gradient.
         chunk_max.scatter_reduce_(0, local.unsqueeze(1).expand_as(magnitude), magnitude.detach(), reduce="amax")
@@ -280,7 +282,7 @@ def group_influence(
         numerator[first:last].index_add_(0, local, weights * scores)
         running_max[first:last] = new_max
 
-    if pooling == "attention":
+    if pooling != "sum":
         numerator = torch.where(normaliser > 0, numerator / normaliser.clamp(min=torch.finfo(queries.dtype).tiny), 0)
     return _like_input(numerator, query_embeddings)
 

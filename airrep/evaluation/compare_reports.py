@@ -26,7 +26,7 @@ from airrep.evaluation.report import format_difference, format_lds, load_scores
 from airrep.labels.dataset import lds_split, load_labels
 from airrep.lds import lds, paired_summary
 from airrep.outputs import write_json
-from configuration_airrep import GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
 
 
 def _per_query(report: str, method: str, pooling: str, losses: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def resolve(spec: str, losses: np.ndarray) -> tuple[str, np.ndarray]:
     name, _, pooling = method.rpartition(".")
     if pooling in GROUP_POOLINGS and name:
         return f"{report}:{name}.{pooling}", _per_query(report, name, pooling, losses)
-    candidates = {p: _per_query(report, method, p, losses) for p in GROUP_POOLINGS}
+    candidates = {p: _per_query(report, method, p, losses) for p in DEFAULT_POOLINGS}  # softmax only when named
     best = max(candidates, key=lambda p: candidates[p].mean())
     return f"{report}:{method}.{best}", candidates[best]
 

@@ -30,7 +30,7 @@ from airrep.labels.dataset import load_labels
 from airrep.lds import paired_summary
 from airrep.outputs import write_json
 from airrep.training.lds_evaluator import LDSEvaluator
-from configuration_airrep import GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS as GROUP_POOLINGS
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger(__name__)

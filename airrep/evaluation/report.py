@@ -12,7 +12,7 @@ import numpy as np
 
 from airrep.lds import lds_summary
 from airrep.outputs import save_figure
-from configuration_airrep import GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
 
 
 def scores_path(folder: str | os.PathLike, method: str, pooling: str) -> Path:
@@ -79,33 +79,39 @@ def _fmt_number(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def poolings_shown(results: dict[str, Any]) -> list[str]:
+    """The default poolings, and any other that a method of ``results`` was scored with, in GROUP_POOLINGS order."""
+    scored = {p for poolings in results["methods"].values() for p in poolings}
+    return [p for p in GROUP_POOLINGS if p in DEFAULT_POOLINGS or p in scored]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """Methods as rows, LDS x100 (with its bootstrap interval) per pooling, then cost and classification."""
     ceiling = results.get("noise_ceiling") or {}
     accuracy = results.get("classification", {}).get("accuracy", {})
+    shown = poolings_shown(results)
     k = results.get("classification", {}).get("k")
     lines = [
         f"LDS x100 on `{results['labels']}`: {results['n_subsets']} subsets, {results['n_queries']} queries, "
         f"{int(100 * results['confidence'])}% bootstrap intervals over queries.",
         "",
-        f"| method | LDS sum | LDS attention | featurize s/example | bytes/example | task accuracy (top-{k}) |",
-        "|---|---|---|---|---|---|",
+        f"| method | {' | '.join(f'LDS {p}' for p in shown)} | featurize s/example | bytes/example | "
+        f"task accuracy (top-{k}) |",
+        "|---" * (len(shown) + 4) + "|",
     ]
     for name, poolings in results["methods"].items():
         first = next(iter(poolings.values()))
         acc = accuracy.get(name)
         lines.append(
-            f"| {name} | {format_lds(poolings.get('sum'))} | {format_lds(poolings.get('attention'))} | "
+            f"| {name} | {' | '.join(format_lds(poolings.get(p)) for p in shown)} | "
             f"{_fmt_number(first.get('featurize_seconds_per_example'))} | "
             f"{_fmt_number(first.get('bytes_per_example'))} | {'—' if acc is None else f'{100 * acc:.1f}%'} |"
         )
     if ceiling.get("sqrt_r") is not None:
-        lines.append(
-            f"| noise ceiling sqrt(r) (r = {ceiling['r']:.3f}) | {100 * ceiling['sqrt_r']:.1f} | "
-            f"{100 * ceiling['sqrt_r']:.1f} | | | |"
-        )
+        cells = " | ".join(f"{100 * ceiling['sqrt_r']:.1f}" for _ in shown)
+        lines.append(f"| noise ceiling sqrt(r) (r = {ceiling['r']:.3f}) | {cells} | | | |")
     for name, message in results.get("errors", {}).items():
-        lines.append(f"| {name} | failed: {message.splitlines()[0][:120]} | | | | |")
+        lines.append(f"| {name} | failed: {message.splitlines()[0][:120]} |" + " |" * (len(shown) + 2))
     lines += ["", "Method details:", ""]
     for name, details in results.get("method_details", {}).items():
         lines.append(f"- **{name}**: {details.get('description', '')}")
@@ -120,9 +126,11 @@ def bar_chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["methods"])
-    width = 0.38
+    shown = poolings_shown(results)
+    width = 0.76 / len(shown)
     figure, axis = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
-    for offset, pooling in zip((-width / 2, width / 2), GROUP_POOLINGS, strict=True):
+    for n, pooling in enumerate(shown):
+        offset = (n - (len(shown) - 1) / 2) * width
         values, low, high = [], [], []
         for name in names:
             entry = results["methods"][name].get(pooling) or {"lds": np.nan, "ci": [np.nan, np.nan]}

@@ -47,7 +47,7 @@ from airrep.evaluation.text_baselines import TEXT_METHODS
 from airrep.lds import lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, named, resolve
-from configuration_airrep import GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,12 @@ class EvalArguments:
         default_factory=list,
         metadata={"help": f"Methods to score, from {', '.join(METHODS)}. Default: all ('airrep' only with --model)."},
     )
-    poolings: list[str] = field(default_factory=lambda: list(GROUP_POOLINGS), metadata={"help": "Group poolings."})
+    poolings: list[str] = field(
+        default_factory=lambda: list(DEFAULT_POOLINGS),
+        metadata={"help": f"Group poolings, from {GROUP_POOLINGS}; 'softmax' is the AirRep authors' evaluation "
+                          "pooling (softmax over the raw scores, no absolute value), for figures comparable with "
+                          "the paper's tables."},
+    )  # fmt: skip
     base_encoder: str | None = field(
         default=None,
         metadata={"help": "Base encoder of 'base-encoder'. Default: the base recorded in the first --model "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,7 @@ def write_labels_dataset(
     query_records: Sequence[Mapping[str, Any]],
     query_extra: dict[str, list],
     summary: dict[str, Any],
+    describe: Callable[[dict[str, Any], dict[str, str]], str] | None = None,
 ) -> dict[str, Any]:
     """Write the parquet configs, ``summary.json`` and the card of a labels dataset.
 
@@ -216,6 +217,7 @@ def write_labels_dataset(
         summary: What the card and ``summary.json`` record about how the labels were made (mode,
             preset, corpus, target LM, settings, precision, wall time); the counts, the noise ceiling
             and the compute time are added here.
+        describe: Writes the card from the complete summary and the configs' files (default :func:`card`).
 
     Returns:
         The complete summary.
@@ -249,7 +251,7 @@ def write_labels_dataset(
         **{k: v for k, v in summary.items() if k not in ("mode", "preset")},
     }
     write_json(folder / SUMMARY_FILE, summary)
-    write_text(folder / "README.md", card(summary, configs))
+    write_text(folder / "README.md", (describe or card)(summary, configs))
     return summary
 
 

@@ -9,7 +9,7 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 
 from airrep.labels.dataset import LabelsData
 from airrep.lds import per_query_spearman
-from configuration_airrep import GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS
 from modeling_airrep import group_influence
 
 
@@ -43,7 +43,7 @@ class LDSEvaluator(BaseEvaluator):
         position = np.full(len(self.data.pool_texts), -1)
         position[pool_rows] = np.arange(pool_rows.size)
         pool = model.encode([self.data.pool_texts[i] for i in pool_rows], batch_size=self.batch_size)
-        per_query = {pooling: [] for pooling in GROUP_POOLINGS}
+        per_query = {pooling: [] for pooling in DEFAULT_POOLINGS}
         for split_id in self.split_ids:
             split = self.data.splits[split_id]
             queries = model.encode([self.data.query_texts[i] for i in split.queries], batch_size=self.batch_size)

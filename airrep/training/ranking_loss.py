@@ -111,7 +111,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
         if pooling not in GROUP_POOLINGS:
-            raise ValueError(f"pooling must be 'attention' or 'sum', got {pooling!r}")
+            raise ValueError(f"pooling must be one of {GROUP_POOLINGS}, got {pooling!r}")
         self.model = model
         self.weighting = weighting
         self.t_min, self.t_max = WEIGHTINGS[weighting]
