@@ -17,6 +17,9 @@ def reference_group_influence(queries, corpus, subsets, pooling):
                 continue
             if pooling == "sum":
                 out[g, t] = s.sum()
+            elif pooling == "softmax":  # the AirRep authors' evaluation: softmax of the raw scores
+                weights = np.exp(s - s.max())
+                out[g, t] = (weights / weights.sum() * s).sum()
             else:
                 weights = np.exp(np.abs(s) - np.abs(s).max())
                 out[g, t] = (weights / weights.sum() * s).sum()
@@ -34,7 +37,7 @@ def data():
     return queries, corpus, subsets
 
 
-@pytest.mark.parametrize("pooling", ["attention", "sum"])
+@pytest.mark.parametrize("pooling", ["attention", "sum", "softmax"])
 @pytest.mark.parametrize("chunk_size", [None, 1, 37, 10_000])
 def test_matches_reference(data, pooling, chunk_size):
     queries, corpus, subsets = data
@@ -58,6 +61,10 @@ def test_attention_pooling_weights_by_absolute_score():
     got = group_influence(np.array([[1.0]], dtype=np.float32), corpus, [[0, 1]])
     w = np.exp([1.0, 3.0]) / np.exp([1.0, 3.0]).sum()
     assert got[0, 0] == pytest.approx(w[0] * 1 - w[1] * 3, rel=1e-6)
+    # Without the absolute value (the authors' evaluation), the weight goes to the +1.
+    raw = group_influence(np.array([[1.0]], dtype=np.float32), corpus, [[0, 1]], pooling="softmax")
+    w = np.exp([1.0, -3.0]) / np.exp([1.0, -3.0]).sum()
+    assert raw[0, 0] == pytest.approx(w[0] * 1 - w[1] * 3, rel=1e-6)
 
 
 def test_torch_in_torch_out_and_2d_subset_array(data):

@@ -29,6 +29,8 @@ from configuration_airrep import AirRepConfig, RecordFormatError, format_text, s
             },
             "Question: Be brief. Capital of France?\nAnswer: Paris",
         ),
+        ({"data": ["Capital of Italy?", "Rome"]}, "Question: Capital of Italy?\nAnswer: Rome"),
+        ({"data": ["", "Rome"]}, "Question: \nAnswer: Rome"),
         ({"text": "A plain document."}, "A plain document."),
         ("Already formatted text.", "Already formatted text."),
     ],
@@ -56,6 +58,16 @@ def test_prompt_is_cut_to_256_words_and_response_kept_whole():
     head, answer = text.split("\nAnswer: ")
     assert head.removeprefix("Question: ").split() == [f"w{i}" for i in range(256)]
     assert answer == response
+
+
+def test_a_data_pair_prompt_is_cut_to_100_words_as_the_authors_formatter_does():
+    prompt = " ".join(f"w{i}" for i in range(300))
+    head, answer = format_text({"data": [prompt, "ok"]}).split("\nAnswer: ")
+    assert head.removeprefix("Question: ").split() == [f"w{i}" for i in range(100)] and answer == "ok"
+    with pytest.raises(RecordFormatError, match=r"record 4: field 'data' must be a \[prompt, response\] pair"):
+        format_text({"data": ["only one"]}, index=4)
+    with pytest.raises(RecordFormatError, match="the response in field 'data' is empty"):
+        format_text({"data": ["p", " "]})
 
 
 def test_config_template_is_used():

@@ -72,11 +72,16 @@ class Featurized:
         return self.scores if self.scores is not None else self.query @ self.pool.T
 
     def group_scores(self, subsets: list[np.ndarray], pooling: str) -> np.ndarray:
-        """``(n_subsets, n_queries)`` with the one pooling implementation."""
+        """``(n_subsets, n_queries)`` float64, with the one pooling implementation.
+
+        Pooled in float64, as the AirRep authors' evaluation pools: a softmax concentrates on a
+        subset's top scores, so two subsets that share them differ by far less than a float32 spacing,
+        and in float32 they would tie in the LDS ranks.
+        """
         if self.scores is None:
-            return group_influence(self.query, self.pool, subsets, pooling=pooling)
+            return group_influence(np.asarray(self.query, np.float64), self.pool, subsets, pooling=pooling)
         # With identity "query embeddings", pool row i's "embedding" is its column of pair scores.
-        identity = np.eye(self.scores.shape[0], dtype=np.float32)
+        identity = np.eye(self.scores.shape[0], dtype=np.float64)
         return group_influence(identity, np.ascontiguousarray(self.scores.T), subsets, pooling=pooling)
 
 

@@ -175,7 +175,7 @@ def score_method(
     n_examples = len(data.pool_texts) + len(data.query_texts)
     for pooling in poolings:
         tic = time.perf_counter()
-        scores = features.group_scores(data.subsets, pooling).astype(np.float32)
+        scores = features.group_scores(data.subsets, pooling)
         query_seconds = time.perf_counter() - tic
         save_array(scores_path(folder, name, pooling), scores)
         summary = lds_summary(scores, data.losses, preset.bootstrap_resamples, preset.confidence, preset.seed)
