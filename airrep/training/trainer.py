@@ -35,6 +35,19 @@ from modeling_airrep import AirRepModel
 logger = logging.getLogger(__name__)
 
 
+PROJECTOR_INITS = ("identity", "random")
+
+
+def randomise_projector(model: AirRepModel, seed: int) -> None:
+    """A random projector, as the authors' release starts: normal weights with the config's
+    ``initializer_range`` as std (transformers' default for a linear layer) and a zero bias."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = model.projector.weight
+        weight.copy_(torch.randn(weight.shape, generator=generator) * model.config.initializer_range)
+        model.projector.bias.zero_()
+
+
 @dataclass
 class AirRepArguments:
     labels: str = field(metadata={"help": "A train-mode labels dataset: folder or Hub id."})
@@ -42,7 +55,15 @@ class AirRepArguments:
     base_encoder: str | None = field(
         default=None, metadata={"help": "BERT-family encoder folder or id; default: the bundled all-MiniLM-L6-v2."}
     )
-    weighting: str = field(default="paper", metadata={"help": f"Pair weighting: {', '.join(WEIGHTINGS)}."})
+    weighting: str | None = field(
+        default=None, metadata={"help": f"Override: pair weighting, {', '.join(WEIGHTINGS)} (the release's)."}
+    )
+    projector_init: str | None = field(
+        default=None,
+        metadata={"help": f"Override: the projector's start, {' or '.join(PROJECTOR_INITS)}: the identity keeps the "
+                          "base encoder's geometry; random (normal, std = the config's initializer_range, bias "
+                          "0) is the authors' release."},
+    )  # fmt: skip
     union: bool = field(default=True, metadata={"help": "Embed each distinct text of a step once."})
     queries_per_step: int | None = field(default=None, metadata={"help": "Override R."})
     subsets_per_step: int | None = field(default=None, metadata={"help": "Override K."})
@@ -82,6 +103,8 @@ def preset_training_arguments(preset, explicit: set[str]) -> dict:
         "save_strategy": "steps",
         "save_total_limit": 2,
         "warmup_steps": preset.warmup_steps,
+        "weight_decay": preset.weight_decay,
+        "lr_scheduler_type": preset.lr_scheduler_type,
         "seed": preset.seed,
         "report_to": "none",
         "remove_unused_columns": False,
@@ -118,7 +141,9 @@ Trained with `train_airrep.py` from `{base}` on the subset-loss labels `{args.la
 - Loss: `AirRepRankingLoss` with `{json.dumps(loss.get_config_dict())}`; union encoding
   {"on" if args.union else "off"}.
 - Steps: {preset.train_steps} steps of one split each, R = {preset.queries_per_step} queries and
-  K = {preset.subsets_per_step} subsets per step; learning rate {preset.learning_rate}.
+  K = {preset.subsets_per_step} subsets per step; learning rate {preset.learning_rate} ({preset.lr_scheduler_type}
+  after {preset.warmup_steps} warmup steps), weight decay {preset.weight_decay}, dropout
+  {"the encoder's own" if preset.dropout is None else preset.dropout}, projector started as {preset.projector_init}.
 - Validation LDS (held-out splits of the training labels, never the test labels):
   {json.dumps({k: round(v, 4) for k, v in metrics.items() if "lds" in k})}
 """
@@ -158,10 +183,12 @@ def train_airrep(
         The checkpoint folder.
     """
     base = named(TRAIN_PRESETS, args.preset)
-    if args.weighting not in WEIGHTINGS:
+    if args.weighting is not None and args.weighting not in WEIGHTINGS:
         raise UsageError(f"--weighting must be one of {sorted(WEIGHTINGS)}, got {args.weighting!r}")
+    if args.projector_init is not None and args.projector_init not in PROJECTOR_INITS:
+        raise UsageError(f"--projector_init must be one of {PROJECTOR_INITS}, got {args.projector_init!r}")
     overridable = ("queries_per_step", "subsets_per_step", "train_steps", "validation_splits", "mini_batch_size",
-                   "frozen_layers", "dropout")  # fmt: skip
+                   "frozen_layers", "dropout", "weighting", "projector_init")  # fmt: skip
     overrides = {k: getattr(args, k) for k in overridable}
     # What the run uses, for the record: the precision it trains in and that precision's steps.
     preset = resolve(for_precision(base, training_args.bf16), overrides)
@@ -171,6 +198,10 @@ def train_airrep(
                        args.preset, ", ".join(f"{k}={getattr(preset, k)}" for k in changed))  # fmt: skip
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
+    # The record and the card say what trains, flags included.
+    scheduler = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+    preset = replace(preset, learning_rate=training_args.learning_rate, weight_decay=training_args.weight_decay,
+                     lr_scheduler_type=str(scheduler), warmup_steps=int(training_args.warmup_steps))  # fmt: skip
     if "save_steps" not in explicit:  # checkpoint where we evaluate, whichever way eval_steps was set
         training_args.save_steps = training_args.eval_steps
     if training_args.per_device_train_batch_size != 1:
@@ -182,6 +213,15 @@ def train_airrep(
         raise UsageError(f"{len(split_ids)} split(s) in {args.labels}: cannot hold out {preset.validation_splits}")
     held_out = sorted(np.random.default_rng(preset.seed).permutation(split_ids)[: preset.validation_splits].tolist())
     train_ids = [s for s in split_ids if s not in held_out]
+    for split in train_ids:  # a step takes R queries and K subsets of one split; fewer would be a silent cap
+        n_queries, n_subsets = data.splits[split].queries.size, len(data.splits[split].subsets)
+        if preset.queries_per_step > n_queries or preset.subsets_per_step > n_subsets:
+            raise UsageError(
+                f"{args.labels}: split {split} holds {n_queries} queries and {n_subsets} subsets, but a step of "
+                f"preset {args.preset!r} takes R = {preset.queries_per_step} queries and K = "
+                f"{preset.subsets_per_step} subsets of one split; pass --queries_per_step and --subsets_per_step "
+                "within those, or make labels with more"
+            )
     rows = sample_rows(
         data, train_ids, preset.queries_per_step, preset.subsets_per_step, preset.train_steps, preset.seed
     )
@@ -192,7 +232,10 @@ def train_airrep(
     # under torchrun); every process then loads it the way users load a checkpoint.
     with training_args.main_process_first(desc="building the untrained AirRep"):
         if training_args.process_index == 0 and not (initial / "config.json").exists():
-            AirRepModel.from_encoder(args.base_encoder).save_pretrained(initial)
+            untrained = AirRepModel.from_encoder(args.base_encoder)
+            if preset.projector_init == "random":
+                randomise_projector(untrained, preset.seed)
+            untrained.save_pretrained(initial)
     model = SentenceTransformer(str(initial), trust_remote_code=True)
     base = model[0].auto_model.config.base_model
     if preset.dropout is not None:
@@ -202,7 +245,7 @@ def train_airrep(
         cache = freeze_lower_layers(model, data, preset.frozen_layers)
         logger.info("Cached the output of the %d frozen layer(s) for %d texts", preset.frozen_layers,
                     len(cache.states))  # fmt: skip
-    loss = AirRepRankingLoss(model, weighting=args.weighting, mini_batch_size=preset.mini_batch_size or None)
+    loss = AirRepRankingLoss(model, weighting=preset.weighting, mini_batch_size=preset.mini_batch_size or None)
     evaluator = LDSEvaluator(data, held_out)
     trainer = AirRepTrainer(
         model=model,

@@ -12,6 +12,7 @@ from datasets import load_dataset
 from helpers import run as run_command
 from huggingface_hub import ModelCard
 
+from airrep.cli import UsageError
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as run
 from airrep.labels.dataset import LabelsFormatError, load_labels
@@ -373,3 +374,48 @@ def test_validation_comparison_refuses_mismatched_inputs(trained, labels, tmp_pa
         compare(str(labels), [UNTRAINED], UNTRAINED, [99])
     with pytest.raises(ValueError, match="not among --models"):
         compare(str(labels), [UNTRAINED], str(trained), [0])
+
+
+def test_more_queries_or_subsets_per_step_than_a_split_holds_is_an_error(labels, tmp_path):
+    # The smoke labels hold 8 queries and 4 subsets per split; the paper preset's R = 1,000 was capped silently.
+    for flag, value in (("--queries_per_step", "9"), ("--subsets_per_step", "5")):
+        with pytest.raises(UsageError, match=r"split \d holds 8 queries and 4 subsets, but a step .* takes R = "):
+            main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(tmp_path / "m"), flag, value])
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_release_recipe_reaches_the_trainer_and_the_card(labels, tmp_path):
+    output = tmp_path / "release"
+    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output), "--max_steps", "2",
+          "--weighting", "reference", "--projector_init", "random", "--dropout", "0", "--weight_decay", "0.01",
+          "--lr_scheduler_type", "constant_with_warmup"])  # fmt: skip
+    record = json.loads((output / "airrep_training.json").read_text())
+    assert record["preset"]["weighting"] == "reference" and record["preset"]["projector_init"] == "random"
+    checkpoint = json.loads(next(output.glob("checkpoint-*/trainer_state.json")).read_text())
+    rates = [entry["learning_rate"] for entry in checkpoint["log_history"] if "learning_rate" in entry]
+    assert rates and len(set(rates)) == 1  # constant: the smoke preset's 2 warmup steps are done by then
+    text = (output / "README.md").read_text()
+    assert "constant_with_warmup" in text and "weight decay 0.01" in text and "projector started as random" in text
+    assert '"weighting": "reference"' in text
+
+
+def test_a_random_projector_is_seeded_normal_with_the_initializer_range(model):
+    from airrep.training.trainer import randomise_projector
+
+    first, second = AirRepModel.from_encoder(), AirRepModel.from_encoder()
+    randomise_projector(first, 3)
+    randomise_projector(second, 3)
+    weight = first.projector.weight.detach()
+    torch.testing.assert_close(weight, second.projector.weight.detach(), rtol=0, atol=0)
+    assert abs(weight.std().item() - first.config.initializer_range) < 0.002 and not first.projector.bias.any()
+    assert not torch.allclose(weight, torch.eye(384))
+
+
+def test_the_paper_preset_is_the_authors_release():
+    from airrep.presets import TRAIN_PRESETS
+
+    paper = TRAIN_PRESETS["paper"]
+    release = {"queries_per_step": 1000, "subsets_per_step": 32, "train_steps": 5000, "learning_rate": 1e-4,
+               "weight_decay": 0.01, "lr_scheduler_type": "constant_with_warmup", "warmup_steps": 10, "dropout": 0.0,
+               "projector_init": "random", "weighting": "reference"}  # fmt: skip
+    assert {k: getattr(paper, k) for k in release} == release
