@@ -55,6 +55,7 @@ class LabelPreset:
     lora_alpha: float | None = SFTSettings.lora_alpha
     lora_target_modules: str = SFTSettings.lora_target_modules
     lora_seed: int = SFTSettings.lora_seed
+    lora_layers: int = SFTSettings.lora_layers
     noise_ceiling: int = 0
     seed: int = 0
     corpus_seed: int = 1234

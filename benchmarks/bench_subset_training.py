@@ -4,7 +4,9 @@ The target LM is the built-in architecture of the chosen preset (random weights:
 depend on them) with a BPE tokenizer trained on the built-in corpus, so sequence lengths are real;
 or, with ``--target_lm``, a pretrained causal LM (a folder, or ``builtin:smollm2-135m-instruct``) with
 its own tokenizer, on the corpus ``--corpus`` names. ``--lora_ranks 0 8`` repeats every variant with
-full fine-tuning and with rank-8 LoRA adapters (``generate_labels.py --lora_rank``).
+full fine-tuning and with rank-8 LoRA adapters (``generate_labels.py --lora_rank``), and
+``--lora_layers 0 4`` each LoRA variant with adapters in every layer and in the top 4 only
+(``--lora_layers``).
 Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
 and scores them on the same queries. Variants differ in how many models train at once; in where the
 LM head runs (at every position, or only at response positions: ``logits_to_keep``); in whether a
@@ -59,6 +61,8 @@ def main() -> None:
     parser.add_argument("--target_lm_dir", default="out/target-lms", help="where a builtin:<name> is converted")
     parser.add_argument("--corpus", default="synthetic", choices=["synthetic", "realtext"])
     parser.add_argument("--lora_ranks", type=int, nargs="+", default=[0], help="0 = full fine-tuning")
+    parser.add_argument("--lora_layers", type=int, nargs="+", default=[0],
+                        help="LoRA variants with adapters in the top N layers only (0 = every layer)")  # fmt: skip
     parser.add_argument("--subset_size", type=int, help="override the preset's train_subset_size")
     parser.add_argument("--batch_size", type=int, help="override the preset's SFT batch size")
     parser.add_argument("--epochs", type=int, help="override the preset's SFT epochs")
@@ -115,8 +119,13 @@ def main() -> None:
             bf16 = dict(pack_length=length, bf16=True)
             variants += [(f"{n} at once, packed rows of {length}, bf16 autocast", n, bf16) for n in args.batches]
     variants = [
-        (name if not rank else f"LoRA r={rank}: {name}", n, overrides | ({"lora_rank": rank} if rank else {}))
+        (
+            name if not rank else f"LoRA r={rank}{f' top {layers} layers' if layers else ''}: {name}",
+            n,
+            overrides | ({"lora_rank": rank, "lora_layers": layers} if rank else {}),
+        )
         for rank in args.lora_ranks
+        for layers in (args.lora_layers if rank else [0])
         for name, n, overrides in variants
     ]
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}

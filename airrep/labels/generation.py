@@ -112,6 +112,11 @@ class LabelArguments:
         metadata={"help": "Modules that get adapters: 'all-linear' (every linear layer but the output head; the "
                           "default) or comma-separated module names, e.g. 'q_proj,v_proj'."},
     )  # fmt: skip
+    lora_layers: int | None = field(
+        default=None,
+        metadata={"help": "Adapters only in the top N decoder layers (0 = every layer): the backward pass then "
+                          "stops there."},
+    )  # fmt: skip
     seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
     warm_start_share: float = field(
         default=0.25,
@@ -294,6 +299,8 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     if not recipe["lora_rank"]:  # full fine-tuning: recorded as before LoRA existed, so older folders resume
         for name in LORA_FIELDS:
             recipe.pop(name)
+    elif not recipe["lora_layers"]:  # adapters in every layer: as recorded before lora_layers existed
+        recipe.pop("lora_layers")
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
     if corpus.get("held_out_of_pool"):  # the pool itself depends on the warm-start draw
         settings["warm_start"] = corpus["warm_start"]

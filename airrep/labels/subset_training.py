@@ -66,10 +66,13 @@ class SFTSettings:
     # comma-separated module names), scaled by ``lora_alpha / R`` (default alpha: 2R). Every model starts
     # from the same adapters, drawn with ``lora_seed`` (peft's init: A random, B zero, so the model starts
     # as the target LM).
+    # ``lora_layers`` N > 0 puts adapters only in the top N decoder layers (peft's ``layers_to_transform``):
+    # nothing below them trains, so the backward pass stops at the lowest adapted layer.
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_target_modules: str = "all-linear"
     lora_seed: int = 0
+    lora_layers: int = 0
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> SFTSettings:
@@ -89,12 +92,14 @@ class SFTSettings:
             return "every weight of the target LM (full fine-tuning)"
         return (
             f"LoRA adapters only (peft): rank {self.lora_rank}, alpha {self.lora_alpha_used:g}, "
-            f"on {self.lora_target_modules}, "
+            f"on {self.lora_target_modules}"
+            + (f" of the top {self.lora_layers} decoder layer(s)" if self.lora_layers else "")
+            + ", "
             f"no dropout, adapters initialised with seed {self.lora_seed}; the target LM's weights stay frozen"
         )
 
 
-LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "lora_seed")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "lora_seed", "lora_layers")
 
 
 def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
@@ -105,12 +110,24 @@ def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
     if settings.lora_rank < 1:
         raise ValueError(f"lora_rank must be at least 1 to add adapters, got {settings.lora_rank}")
     targets = settings.lora_target_modules
+    modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
+    layers = {}
+    if settings.lora_layers:
+        total = model.config.num_hidden_layers
+        if not 0 < settings.lora_layers <= total:
+            raise ValueError(f"lora_layers must be in [1, {total}] (the model's layers), not {settings.lora_layers}")
+        layers = {"layers_to_transform": list(range(total - settings.lora_layers, total)), "layers_pattern": "layers"}
+        if modules == "all-linear":  # peft takes layers_to_transform only with module names: spell them out
+            head = model.get_output_embeddings()
+            modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.Linear) and module is not head})  # fmt: skip
     config = LoraConfig(
         r=settings.lora_rank,
         lora_alpha=settings.lora_alpha_used,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        target_modules=modules,
         lora_dropout=0.0,
         bias="none",
+        **layers,
     )
     with torch.random.fork_rng(devices=[]):  # the adapters' init is seeded without touching the caller's RNG
         torch.manual_seed(settings.lora_seed)

@@ -29,8 +29,13 @@ def peft_one_at_a_time(model, pool, queries, subset, seed, settings, pad_id):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(settings.lora_seed)
-    config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules="all-linear",
-                        lora_dropout=0.0, bias="none")  # fmt: skip
+    targets, top = "all-linear", {}
+    if settings.lora_layers:  # peft wants module names with layers_to_transform: a Llama's linear layers
+        n = model.config.num_hidden_layers
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        top = {"layers_to_transform": list(range(n - settings.lora_layers, n)), "layers_pattern": "layers"}
+    config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules=targets,
+                        lora_dropout=0.0, bias="none", **top)  # fmt: skip
     peft_model = get_peft_model(copy.deepcopy(model), config).eval()
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -111,6 +116,24 @@ def test_finetune_under_lora_returns_merged_weights_with_the_base_unchanged(tiny
     merged = reference.merge_and_unload().state_dict()
     for name in changed:
         torch.testing.assert_close(weights[name], merged[name], rtol=1e-5, atol=1e-6)
+
+
+def test_adapters_in_the_top_layer_only_train_only_it_as_peft_does(tiny):
+    model, pad_id, pool, queries = tiny
+    top = dataclasses.replace(SETTINGS, lora_layers=1)
+    trainable = {n for n, p in with_lora(model, top).named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1." in n for n in trainable)
+    subset = np.arange(24)
+    stacked = train_and_score(model, pool, queries, [subset], [np.arange(len(queries))], [4], top, pad_id)
+    reference, _ = peft_one_at_a_time(model, pool, queries, subset, 4, top, pad_id)
+    np.testing.assert_allclose(stacked[0], reference, rtol=2e-5)
+    weights, _ = finetune(model, pool, subset, 4, top, pad_id)[-1]
+    base = dict(model.named_parameters())
+    changed = {n for n in weights if not torch.equal(weights[n], base[n])}
+    assert changed and all(".layers.1." in n for n in changed)
+    assert "of the top 1 decoder layer(s)" in top.trained_parameters()
+    with pytest.raises(ValueError, match=r"lora_layers must be in \[1, 2\]"):
+        with_lora(model, dataclasses.replace(SETTINGS, lora_layers=3))
 
 
 def test_the_settings_name_what_is_trained():
