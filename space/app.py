@@ -173,12 +173,8 @@ def load_corpus(source: str, upload: str | None, labels_id: str) -> tuple[str, l
     raise gr.Error(f"Unknown corpus source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
-def corpus_texts(model, records: list[dict[str, Any]]) -> list[str]:
-    """The texts the model sees, with the limits checked; an unusable record is named."""
-    if not records:
-        raise gr.Error("The corpus has no examples")
-    if len(records) > MAX_CORPUS:
-        raise gr.Error(f"The corpus has {len(records):,} examples; this Space accepts at most {MAX_CORPUS:,}")
+def example_texts(model, records: list[Any], what: str) -> list[str]:
+    """The texts the model sees, each within the length limit; an unusable record is named as ``what`` N."""
     texts = []
     for index, record in enumerate(records):
         # A labels-pool row carries a formatted `text` beside its fields; format_text reads the fields
@@ -186,11 +182,20 @@ def corpus_texts(model, records: list[dict[str, Any]]) -> list[str]:
         try:
             text = model.config.format_text(record, index=index)
         except ValueError as error:
-            raise gr.Error(f"Corpus record {index} cannot be used: {error}") from None
+            raise gr.Error(f"{what} {index} cannot be used: {error}") from None
         if len(text) > MAX_TEXT_CHARS:
-            raise gr.Error(f"Corpus record {index} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+            raise gr.Error(f"{what} {index} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
         texts.append(text)
     return texts
+
+
+def corpus_texts(model, records: list[dict[str, Any]]) -> list[str]:
+    """The corpus's texts, with the corpus limits checked."""
+    if not records:
+        raise gr.Error("The corpus has no examples")
+    if len(records) > MAX_CORPUS:
+        raise gr.Error(f"The corpus has {len(records):,} examples; this Space accepts at most {MAX_CORPUS:,}")
+    return example_texts(model, records, "Corpus record")
 
 
 def query_input(prompt: str, response: str, free_text: str) -> str | dict[str, str]:
@@ -305,19 +310,6 @@ def parse_targets(text: str, upload: str | None) -> list[Any]:
     return targets
 
 
-def target_texts(model, targets: list[Any]) -> list[str]:
-    texts = []
-    for index, target in enumerate(targets):
-        try:
-            text = model.config.format_text(target, index=index)
-        except ValueError as error:
-            raise gr.Error(f"Target {index} cannot be used: {error}") from None
-        if len(text) > MAX_TEXT_CHARS:
-            raise gr.Error(f"Target {index} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
-        texts.append(text)
-    return texts
-
-
 def write_jsonl(rows: list[dict[str, Any]]) -> str:
     """The selection as a JSONL file in a fresh temporary folder; gradio serves it for download."""
     folder = tempfile.mkdtemp(prefix="airrep-selection-")
@@ -357,7 +349,7 @@ def select_training_data(
         code.check_selection(budget, len(candidates), strategy)
     except ValueError as error:
         raise gr.Error(str(error)) from None
-    queries = model.encode(target_texts(model, targets), batch_size=32)
+    queries = model.encode(example_texts(model, targets, "Target"), batch_size=32)
     chosen = model.select(queries, corpus, budget, strategy, candidates=candidates)
     rows, download = [], []
     for rank, (index, score, target) in enumerate(zip(chosen.rows.tolist(), chosen.scores.tolist(),

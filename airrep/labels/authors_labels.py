@@ -31,8 +31,7 @@ from typing import Any
 
 from airrep.cli import UsageError
 from airrep.labels.corpus import fingerprint
-from airrep.labels.dataset import write_labels_dataset
-from airrep.outputs import configs_yaml
+from airrep.labels.dataset import card_header, write_labels_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +179,7 @@ def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
     """The card of converted labels: what they came from, and what this project's own cards say that they lack."""
     about = summary["converted_from"]
     origin = ", ".join(f"{k}: `{v}`" for k, v in about.items())
-    return f"""---
-{configs_yaml({name: {"train": path} for name, path in configs.items()})}
-tags:
-- data-attribution
-- airrep
-- datamodels
----
-
+    return f"""{card_header(configs)}
 # AirRep subset-loss labels ({summary["mode"]} mode), converted from the authors' release format
 
 Each row of `labels` is one subset model of the AirRep authors' pipeline; `losses[i]` is its loss on

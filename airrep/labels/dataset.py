@@ -255,6 +255,18 @@ def write_labels_dataset(
     return summary
 
 
+def card_header(configs: dict[str, str]) -> str:
+    """A labels card's YAML front matter: each config's data file, and the tags."""
+    return f"""---
+{configs_yaml({name: {"train": path} for name, path in configs.items()})}
+tags:
+- data-attribution
+- airrep
+- datamodels
+---
+"""
+
+
 def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
     s = summary["settings"]
     ceiling = summary["noise_ceiling"]
@@ -273,14 +285,7 @@ def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
         design = f"{s['lds_subsets']} random halves of the pool, scored on {s['lds_queries']} held-out test queries."
     warm_start = summary["corpus"].get("warm_start")
     warm_start = f"; warm-started on {warm_start}" if warm_start else ""
-    return f"""---
-{configs_yaml({name: {"train": path} for name, path in configs.items()})}
-tags:
-- data-attribution
-- airrep
-- datamodels
----
-
+    return f"""{card_header(configs)}
 # AirRep subset-loss labels ({summary["mode"]} mode, preset {summary["preset"]})
 
 Each row of `labels` is one copy of the target LM fine-tuned on a subset of `pool`; `losses[i]` is

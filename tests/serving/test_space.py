@@ -1,6 +1,7 @@
 """The Gradio Space, served for real: called through gradio_client, driven in Debian's chromium by
 playwright, and under 8 concurrent clients. Answers are checked against the model computed directly."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -50,6 +51,22 @@ def client(app):
     from gradio_client import Client
 
     return Client(app.demo.local_url, verbose=False)
+
+
+@contextlib.contextmanager
+def browser_page(app, tmp_path):
+    """Debian's chromium on the served app, and the folder its screenshots go to (AIRREP_SCREENSHOT_DIR)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    shots = Path(os.environ.get("AIRREP_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(app.demo.local_url)
+        yield page, shots
+        browser.close()
 
 
 def call(client, prompt="", response="", free_text="", k=5, source="Built-in corpus", upload=None, labels="",
@@ -196,15 +213,9 @@ def test_eight_concurrent_clients_get_their_own_correct_answers(app, expected):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    shots = Path(os.environ.get("AIRREP_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(app.demo.local_url)
+    with browser_page(app, tmp_path) as (page, shots):
         page.locator("#prompt textarea").fill(QUERIES[0][0])
         page.locator("#response textarea").fill(QUERIES[0][1])
         page.locator("#group-task textarea").fill("add")
@@ -216,7 +227,6 @@ def test_a_real_browser_types_a_query_and_sees_ranked_rows(app, expected, tmp_pa
         expect(page.locator("#groups")).to_contain_text("task = add")
         expect(page.locator("#scores-plot svg .mark-rect path")).to_have_count(10, timeout=30_000)  # the 10 bars
         page.screenshot(path=str(shots / "space.png"), full_page=True)
-        browser.close()
     assert (shots / "space.png").stat().st_size > 10_000
 
 
@@ -322,7 +332,7 @@ def test_bad_selection_input_gets_a_clear_message(client, kwargs, message):
 @pytest.mark.slow
 @pytest.mark.browser
 def test_a_real_browser_selects_training_data_and_gets_the_download(app, saved_folder, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     import modeling_airrep
 
@@ -333,13 +343,7 @@ def test_a_real_browser_selects_training_data_and_gets_the_download(app, saved_f
     targets = model.encode([json.loads(TARGETS[0])], batch_size=1)
     candidates = modeling_airrep.distinct_rows(modeling_airrep.text_digests(texts))
     chosen = model.select(targets, corpus, 5, "round-robin", candidates=candidates).rows
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    shots = Path(os.environ.get("AIRREP_SCREENSHOT_DIR", tmp_path))
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.goto(app.demo.local_url)
+    with browser_page(app, tmp_path) as (page, shots):
         page.get_by_role("tab", name="Select training data").click()
         page.locator("#targets textarea").fill(TARGETS[0])
         page.locator("#budget input").fill("5")
@@ -355,7 +359,6 @@ def test_a_real_browser_selects_training_data_and_gets_the_download(app, saved_f
         saved = tmp_path / "selection.jsonl"
         download.value.save_as(saved)
         page.screenshot(path=str(shots / "space-select.png"), full_page=True)
-        browser.close()
     lines = [json.loads(line) for line in saved.read_text().splitlines()]
     assert [line["rank"] for line in lines] == [1, 2, 3, 4, 5]
     assert [format_text({k: v for k, v in line.items() if k in records[0]}) for line in lines] == [
