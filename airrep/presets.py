@@ -56,6 +56,13 @@ class LabelPreset:
     lora_target_modules: str = SFTSettings.lora_target_modules
     lora_seed: int = SFTSettings.lora_seed
     lora_layers: int = SFTSettings.lora_layers
+    # The AirRep authors' fine-tuning (SFTSettings: lr_schedule, max_grad_norm, prompt_template, ...).
+    lr_schedule: str = SFTSettings.lr_schedule
+    max_grad_norm: float = SFTSettings.max_grad_norm
+    prompt_template: str | None = SFTSettings.prompt_template
+    truncation: str = SFTSettings.truncation
+    max_tokens: int = SFTSettings.max_tokens
+    empty_response_loss: float | None = SFTSettings.empty_response_loss
     noise_ceiling: int = 0
     seed: int = 0
     corpus_seed: int = 1234
@@ -114,22 +121,36 @@ LABEL_PRESETS: dict[str, LabelPreset] = {
         epochs=3,
         noise_ceiling=64,
     ),
-    # The paper's sizes (Qwen2.5-0.5B target, 10k subsets of 1k); meant for a GPU cluster with
-    # --target_lm Qwen/Qwen2.5-0.5B.
+    # The authors' release (scripts/01_create_training_data.py and 02_sft_subsets.py): 100 splits, each
+    # holding out 10,000 dev queries and training 100 subsets of 1,000 from the other 100,000 examples;
+    # each subset model fine-tuned 2 epochs, batch 16, AdamW at a constant 2e-5 with weight decay 0.01
+    # and gradients clipped at 1.0, the user turn "Question: <prompt, first 256 words>\nAnswer:" through
+    # the chat template, sequences cut at 512 tokens from the right, and a loss of 10.0 recorded for a dev
+    # query whose response the cut removed. Meant for a GPU cluster with --target_lm Qwen/Qwen2.5-0.5B
+    # (the built-in target_lm below is only a placeholder).
     "paper": LabelPreset(
         pretrain_size=0,
-        pool_size=100000,
+        pool_size=110000,
         test_size=1000,
         target_lm=TargetLMSpec(),
         n_splits=100,
-        queries_per_split=100,
+        queries_per_split=10000,
         subsets_per_split=100,
         train_subset_size=1000,
         lds_subsets=100,
         lds_queries=1000,
+        epochs=2,
         learning_rate=2e-5,
-        batch_size=8,
+        batch_size=16,
+        weight_decay=0.01,
+        lr_schedule="constant",
+        max_grad_norm=1.0,
+        prompt_template="Question: {prompt}\nAnswer:",
+        truncation="right",
+        max_tokens=512,
+        empty_response_loss=10.0,
         models_per_batch=1,
+        bf16=True,
         noise_ceiling=100,
     ),
 }  # fmt: skip

@@ -14,7 +14,7 @@ import numpy as np
 from datasets import load_dataset
 
 from airrep.labels.subset_training import SFTSettings, train_and_evaluate
-from airrep.labels.target_lm import load_target_lm, sft_example
+from airrep.labels.target_lm import load_target_lm
 from airrep.lds import bootstrap_ci
 from airrep.outputs import save_figure, write_json
 from airrep.presets import bf16_available
@@ -44,15 +44,11 @@ class Retraining:
         if per_batch > 1:
             model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
         sft = SFTSettings.from_recipe({**settings, "bf16": settings.get("bf16", False) and bf16_available()})
-        examples = [sft_example(tokenizer, r, cls.max_length(model), i) for i, r in enumerate(pool)]
+        examples = [sft.tokenize(tokenizer, r, model, i) for i, r in enumerate(pool)]
         return cls(summary, pool, model, tokenizer, sft, examples, per_batch)
 
-    @staticmethod
-    def max_length(model) -> int:
-        return getattr(model.config, "max_position_embeddings", 512)
-
     def examples(self, records: Sequence[dict]) -> list:
-        return [sft_example(self.tokenizer, r, self.max_length(self.model), i) for i, r in enumerate(records)]
+        return [self.sft.tokenize(self.tokenizer, r, self.model, i) for i, r in enumerate(records)]
 
     def evaluate(
         self, queries: list, subsets: list[np.ndarray], query_sets: list[np.ndarray], seeds: list[int]

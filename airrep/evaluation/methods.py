@@ -39,7 +39,7 @@ from airrep.evaluation.gradient_methods import (
 )
 from airrep.evaluation.text_baselines import TEXT_METHODS, bm25_scores, tfidf_scores
 from airrep.labels.subset_training import SFTSettings, finetune
-from airrep.labels.target_lm import load_target_lm, sft_example
+from airrep.labels.target_lm import load_target_lm
 from airrep.outputs import digest_files
 from airrep.presets import EvalPreset
 from configuration_airrep import AirRepConfig
@@ -231,10 +231,9 @@ class GradientState:
         self.model, tokenizer = load_target_lm(target)
         self.model.set_attn_implementation("eager")  # vmap has no batching rule for the fused CPU attention
         self.pad_id = tokenizer.pad_token_id
-        max_length = getattr(self.model.config, "max_position_embeddings", 512)
-        self.pool = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(pool_records)]
-        self.queries = [sft_example(tokenizer, r, max_length, i) for i, r in enumerate(query_records)]
         sft = SFTSettings.from_recipe(settings)
+        self.pool = [sft.tokenize(tokenizer, r, self.model, i) for i, r in enumerate(pool_records)]
+        self.queries = [sft.tokenize(tokenizer, r, self.model, i) for i, r in enumerate(query_records)]
         self.checkpoints = finetune(self.model, self.pool, np.arange(len(self.pool)), preset.seed, sft, self.pad_id)
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft

@@ -29,14 +29,13 @@ from airrep.labels.corpus import fingerprint, write_corpus
 from airrep.labels.dataset import MODES, write_labels_dataset
 from airrep.labels.ladder import scale_spec, target_lm_folder_name
 from airrep.labels.realtext import write_realtext_corpus
-from airrep.labels.subset_training import LORA_FIELDS, SFTSettings, train_and_score
+from airrep.labels.subset_training import LORA_FIELDS, RELEASE_FIELDS, SFTSettings, train_and_score
 from airrep.labels.target_lm import (
     BUILTIN_PREFIX,
     build_target_lm,
     convert_packaged_lm,
     load_target_lm,
     packaged_lm,
-    sft_example,
 )
 from airrep.outputs import claim, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, bf16_available, named, resolve
@@ -301,6 +300,10 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
             recipe.pop(name)
     elif not recipe["lora_layers"]:  # adapters in every layer: as recorded before lora_layers existed
         recipe.pop("lora_layers")
+    defaults = SFTSettings()
+    for name in RELEASE_FIELDS:  # this project's fine-tuning: recorded as before the release's options existed
+        if recipe[name] == getattr(defaults, name):
+            recipe.pop(name)
     settings = {"mode": args.mode, "preset": recipe, "corpus": corpus.get("fingerprint"), "target_lm": target}
     if corpus.get("held_out_of_pool"):  # the pool itself depends on the warm-start draw
         settings["warm_start"] = corpus["warm_start"]
@@ -348,12 +351,12 @@ def assemble(
 # ----------------------------------------------------------------------------- the run
 
 
-def tokenize_all(tokenizer, records: list[dict], rows: np.ndarray, max_length: int, what: str) -> list:
+def tokenize_all(sft: SFTSettings, tokenizer, model, records: list[dict], rows: np.ndarray, what: str) -> list:
     """SFT examples of ``records``; a bad record is named by its row in the split ``what``."""
     examples = []
     for row, record in zip(rows, records, strict=True):
         try:
-            examples.append(sft_example(tokenizer, record, max_length, int(row)))
+            examples.append(sft.tokenize(tokenizer, record, model, int(row)))
         except RecordFormatError as error:
             raise RecordFormatError(f"{what}: {error}") from None
     return examples
@@ -403,10 +406,10 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
 
     pairs, query_source = make_plan(args.mode, preset, len(pool), len(test))
     query_records = [pool[i] for i in query_source] if args.mode == "train" else [test[i] for i in query_source]
-    max_length = getattr(model.config, "max_position_embeddings", 512)
-    pool_examples = tokenize_all(tokenizer, pool, np.arange(len(pool)), max_length, "pool")
+    sft = SFTSettings.from_recipe(asdict(preset))
+    pool_examples = tokenize_all(sft, tokenizer, model, pool, np.arange(len(pool)), "pool")
     query_split = "pool" if args.mode == "train" else "test"
-    query_examples = tokenize_all(tokenizer, query_records, query_source, max_length, query_split)
+    query_examples = tokenize_all(sft, tokenizer, model, query_records, query_source, query_split)
     check_disjoint(args.mode, pairs, query_source, pool, test)
 
     if state.is_main_process:
@@ -422,7 +425,6 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
         return json.loads((folder / "summary.json").read_text()) if state.is_main_process else None
     (folder / "shards").mkdir(exist_ok=True)
 
-    sft = SFTSettings.from_recipe(asdict(preset))
     # Batches are fixed by the plan, not by the number of processes, so any world size computes the
     # same models in the same groups.
     batches = [pairs[i : i + preset.models_per_batch] for i in range(0, len(pairs), preset.models_per_batch)]

@@ -30,6 +30,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from airrep.labels.target_lm import (
+    TRUNCATIONS,
     SFTExample,
     collate,
     collate_packed,
@@ -38,6 +39,7 @@ from airrep.labels.target_lm import (
     packed_attention_mask,
     response_positions,
     selects_logits,
+    sft_example,
     takes_packed_rows,
     token_losses,
     token_misses,
@@ -73,13 +75,38 @@ class SFTSettings:
     lora_target_modules: str = "all-linear"
     lora_seed: int = 0
     lora_layers: int = 0
+    # How the AirRep authors' release fine-tunes (scripts/02_sft_subsets.py), as options; the defaults
+    # are this project's. ``lr_schedule``: "linear" decays to 0 over the run, "constant" keeps it (theirs).
+    # ``max_grad_norm``: clip each model's gradient to this global norm (theirs: 1.0; 0 = no clipping).
+    # ``prompt_template``, ``truncation``: the user turn and how long examples are cut (target_lm.sft_example;
+    # theirs: "Question: {prompt}\nAnswer:" and "right"). ``max_tokens``: where examples are cut (theirs:
+    # 512; 0 = the target LM's context). ``empty_response_loss``: the loss recorded for a query with no
+    # response token left after the cut (theirs: 10.0; None records NaN, and the query is left out).
+    lr_schedule: str = "linear"
+    max_grad_norm: float = 0.0
+    prompt_template: str | None = None
+    truncation: str = "prompt"
+    max_tokens: int = 0
+    empty_response_loss: float | None = None
 
     @classmethod
     def from_recipe(cls, recipe: Mapping[str, Any]) -> SFTSettings:
         """The settings a labels recipe names (a ``LabelPreset`` as a dict, or the ``settings`` that a
         labels dataset's ``summary.json`` records); what it leaves out keeps its default."""
-        names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16", *LORA_FIELDS)
+        names = ("epochs", "learning_rate", "batch_size", "weight_decay", "bf16", *LORA_FIELDS, *RELEASE_FIELDS)
         return cls(**{name: recipe[name] for name in names if name in recipe})
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.truncation not in TRUNCATIONS:
+            raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+
+    def tokenize(self, tokenizer, record, model: torch.nn.Module, index: int | None = None) -> SFTExample:
+        """``record`` as an SFT example of ``model`` (:func:`airrep.labels.target_lm.sft_example`) with these
+        settings' prompt template, truncation and length."""
+        length = self.max_tokens or getattr(model.config, "max_position_embeddings", 512)
+        return sft_example(tokenizer, record, length, index, self.prompt_template, self.truncation)
 
     @property
     def lora_alpha_used(self) -> float:
@@ -100,6 +127,10 @@ class SFTSettings:
 
 
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "lora_seed", "lora_layers")
+# The settings that reproduce the authors' fine-tuning; at their defaults they are left out of a labels
+# folder's settings record, so folders made before they existed still resume.
+RELEASE_FIELDS = ("lr_schedule", "max_grad_norm", "prompt_template", "truncation", "max_tokens", "empty_response_loss")
+LR_SCHEDULES = ("linear", "constant")
 
 
 def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
@@ -273,7 +304,10 @@ def _finetune(
             summed, counts = stacked.response_losses(*batch)
             per_model = summed.sum(-1) / counts.sum(-1).clamp(min=1)
             per_model.sum().backward()
-            rate = settings.learning_rate * (1 - step / total_steps)
+            if settings.max_grad_norm:
+                _clip_per_model(stacked.params.values(), n_models, settings.max_grad_norm)
+            decay = 1 - step / total_steps if settings.lr_schedule == "linear" else 1.0
+            rate = settings.learning_rate * decay
             for group in optimizer.param_groups:
                 group["lr"] = rate
             rates.append(rate)
@@ -282,6 +316,16 @@ def _finetune(
             step += 1
         if on_epoch_end is not None:
             on_epoch_end(epoch, {name: p.detach().clone() for name, p in stacked.params.items()}, float(np.mean(rates)))
+
+
+def _clip_per_model(params, n_models: int, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each stacked model alone: its gradients (along the models'
+    dimension) scaled to a global norm of at most ``max_norm``."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.reshape(n_models, -1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *[1] * (g.ndim - 1)))
 
 
 @dataclass
@@ -317,7 +361,8 @@ def _scores(
             logits, targets = stacked.response_logits(*_stack(rows, pad_id, device))
             summed, counts = token_losses(logits, targets)
             per_query = summed / counts.clamp(min=1)
-            per_query[counts == 0] = float("nan")
+            empty = settings.empty_response_loss
+            per_query[counts == 0] = float("nan") if empty is None else empty
             end = begin + per_query.shape[1]
             losses[:, begin:end] = per_query.double().cpu().numpy()
             exact[:, begin:end] = ((token_misses(logits, targets) == 0) & (counts > 0)).cpu().numpy()

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from configuration_airrep import split_record
+from configuration_airrep import DEFAULT_MAX_PROMPT_WORDS, split_record
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +84,39 @@ class SFTExample:
     labels: list[int]  # IGNORE_INDEX on prompt tokens
 
 
+TRUNCATIONS = ("prompt", "right")
+
+
 def sft_example(
-    tokenizer: PreTrainedTokenizerBase, record: str | Mapping[str, Any], max_length: int, index: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    record: str | Mapping[str, Any],
+    max_length: int,
+    index: int | None = None,
+    prompt_template: str | None = None,
+    truncation: str = "prompt",
 ) -> SFTExample:
     """Tokenize a record for SFT with the loss on response tokens only.
 
     The prompt and the response are tokenized separately and concatenated, so the boundary never
     moves between training and evaluation. A record with no prompt (plain text) is trained on all its
-    tokens. Long examples lose prompt tokens from the left first, then response tokens from the right.
+    tokens.
+
+    Args:
+        prompt_template: The user turn, with ``{prompt}`` standing for the record's prompt cut to 256
+            words (the AirRep authors' is ``"Question: {prompt}\nAnswer:"``); None: the prompt itself.
+        truncation: How a sequence longer than ``max_length`` is cut: ``"prompt"`` drops prompt tokens
+            from the left first, then response tokens from the right (the response is what is scored);
+            ``"right"`` cuts the whole sequence at ``max_length``, as the authors' code does, which
+            can leave a response with no tokens.
 
     Raises:
         RecordFormatError: the record has no usable response (named by ``index``).
     """
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
     prompt, response = split_record(record, index)
+    if prompt_template is not None and prompt is not None:
+        prompt = prompt_template.format(prompt=" ".join(prompt.split()[:DEFAULT_MAX_PROMPT_WORDS]))
     eos = tokenizer.eos_token or ""
     if tokenizer.chat_template and prompt is not None:
         user = [{"role": "user", "content": prompt}]
@@ -110,6 +130,9 @@ def sft_example(
         response_text = response + eos
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
+    if truncation == "right":
+        return SFTExample((prompt_ids + response_ids)[:max_length], labels[:max_length])
     response_ids = response_ids[:max_length]
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(response_ids))) :]
     return SFTExample(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + list(response_ids))

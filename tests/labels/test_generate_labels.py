@@ -4,6 +4,7 @@ kill, a 2-process torchrun run, divergence flagging and bad input."""
 import copy
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import helpers
@@ -19,6 +20,7 @@ from airrep.labels.subset_training import SFTSettings, finetune, train_and_evalu
 from airrep.labels.target_lm import (
     IGNORE_INDEX,
     SFTExample,
+    collate,
     collate_packed,
     pack,
     packed_attention_mask,
@@ -496,3 +498,66 @@ def test_the_builtin_realtext_corpus_gets_labels_and_a_target_lm_of_its_own(work
     assert np.isfinite(np.array(load(work / "labels-realtext", "labels")["losses"])).all()
     with pytest.raises(ValueError, match=r"unknown corpus 'builtin:nope'; the built-in ones are builtin:synthetic, "):
         run(LabelArguments(output_dir=str(work / "labels-nope"), preset="smoke", corpus="builtin:nope"))
+
+
+def test_the_release_fine_tuning_equals_a_plain_loop_with_torch_clipping(tiny_target):
+    """Constant learning rate, weight decay and per-model gradient clipping, two models stacked, against one
+    plain PyTorch loop per model with ``clip_grad_norm_``."""
+    model, tokenizer, pool, queries = tiny_target
+    settings = SFTSettings(epochs=2, batch_size=8, learning_rate=3e-3, weight_decay=0.01, lr_schedule="constant",
+                           max_grad_norm=0.5, pack_length=0, response_logits_only=False)  # fmt: skip
+    subsets, seeds = _subsets(2, seed=4, size=24), [3, 4]
+    stacked = train_and_score(model, pool, queries, subsets, [np.arange(12)] * 2, seeds, settings,
+                              tokenizer.pad_token_id)  # fmt: skip
+    clipped = []
+    for subset, seed in zip(subsets, seeds, strict=True):
+        plain = copy.deepcopy(model).eval()
+        optimizer = torch.optim.AdamW(plain.parameters(), lr=3e-3, weight_decay=0.01)
+        rng, norms = random.Random(seed), []
+        for _ in range(2):
+            order = [int(i) for i in subset]
+            rng.shuffle(order)
+            for begin in range(0, len(order), 8):
+                ids, labels = collate([pool[i] for i in order[begin : begin + 8]], tokenizer.pad_token_id)
+                summed, counts = response_losses(plain(input_ids=ids).logits, labels)
+                (summed.sum() / counts.sum()).backward()
+                norms.append(float(torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)))
+                optimizer.step()
+                optimizer.zero_grad()
+        clipped.append(np.mean(np.array(norms) > 0.5))
+        with torch.no_grad():
+            ids, labels = collate(queries, tokenizer.pad_token_id)
+            summed, counts = response_losses(plain(input_ids=ids).logits, labels)
+        np.testing.assert_allclose(stacked[len(clipped) - 1], (summed / counts).double().numpy(), rtol=1e-4)
+    assert min(clipped) > 0  # the clipping did act
+
+
+def test_the_release_prompt_template_right_truncation_and_empty_response_loss(tiny_target):
+    model, tokenizer, pool, _ = tiny_target
+    record = {"prompt": "word " * 300, "response": "the answer"}
+    release = SFTSettings(prompt_template="Question: {prompt}\nAnswer:", truncation="right", max_tokens=24,
+                          empty_response_loss=10.0)  # fmt: skip
+    example = release.tokenize(tokenizer, record, model)
+    assert len(example.input_ids) == 24 and set(example.labels) == {IGNORE_INDEX}  # the cut took the response
+    text = tokenizer.decode(release.tokenize(tokenizer, {"prompt": "Add 2 and 3.", "response": "5"}, model).input_ids)
+    assert "<|user|>Question: Add 2 and 3.\nAnswer:\n<|assistant|>5" in text  # the user turn, through the template
+    ours = SFTSettings(max_tokens=24).tokenize(tokenizer, record, model)
+    assert len(ours.input_ids) == 24 and ours.labels[-1] != IGNORE_INDEX  # the prompt gives way, not the response
+    queries = [example, pool[0]]
+    for settings, first in ((release, 10.0), (dataclasses.replace(release, empty_response_loss=None), None)):
+        losses = train_and_score(model, pool, queries, [np.arange(8)], [np.arange(2)], [0], settings,
+                                 tokenizer.pad_token_id)[0]  # fmt: skip
+        assert (np.isnan(losses[0]) if first is None else losses[0] == first) and np.isfinite(losses[1])
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        SFTSettings(lr_schedule="cosine")
+
+
+def test_the_paper_label_preset_is_the_authors_release():
+    from airrep.presets import LABEL_PRESETS
+
+    paper = LABEL_PRESETS["paper"]
+    release = {"n_splits": 100, "queries_per_split": 10000, "subsets_per_split": 100, "train_subset_size": 1000,
+               "epochs": 2, "batch_size": 16, "learning_rate": 2e-5, "weight_decay": 0.01, "lr_schedule": "constant",
+               "max_grad_norm": 1.0, "prompt_template": "Question: {prompt}\nAnswer:", "truncation": "right",
+               "max_tokens": 512, "empty_response_loss": 10.0}  # fmt: skip
+    assert {k: getattr(paper, k) for k in release} == release
