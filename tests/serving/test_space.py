@@ -364,3 +364,16 @@ def test_a_real_browser_selects_training_data_and_gets_the_download(app, saved_f
     assert [format_text({k: v for k, v in line.items() if k in records[0]}) for line in lines] == [
         texts[i] for i in chosen
     ]
+
+
+def test_a_checkpoint_whose_code_predates_selection_gets_a_clear_message(client, saved_folder, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    old = tmp_path / "old-checkpoint"
+    shutil.copytree(saved_folder, old)
+    code = (old / "modeling_airrep.py").read_text()
+    start = code.index("# ----------------------------------------------------------------------------- data selection")
+    (old / "modeling_airrep.py").write_text(code[:start] + code[code.index("class AirRepModel(BertPreTrainedModel)") :]
+                                            .replace("    def select(", "    def _removed_select("))  # fmt: skip
+    with pytest.raises(AppError, match="predates data selection; save the checkpoint again"):
+        call_select(client, budget=2, model=str(old))
