@@ -323,13 +323,13 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
 
     if encoded is not None and args.method == "airrep":
         blocks, about = _stored_blocks(args.pool, model, target_texts, candidates, args.batch_size)
+        chosen = select_examples(blocks, len(targets), len(candidates), budget, args.strategy)
     else:
         records = as_records(pool.select(candidates).to_list())
         scores, about = pair_scores(args.method, texts_of(records, "pool"), target_texts, model, args.base_encoder,
                                     args.seed, args.batch_size, records, targets, args.labels,
                                     args.projection_dim)  # fmt: skip
-        blocks = [(candidates, scores)]
-    chosen = select_examples(blocks, len(targets), len(candidates), budget, args.strategy)
+        chosen = select(scores, budget, args.strategy, rows=candidates)
     chosen_records = as_records(pool.select(chosen.rows).to_list())
     selected = [
         {**record, "score": float(score), "rank": rank, "target": int(target)}
