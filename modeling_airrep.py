@@ -386,11 +386,11 @@ def select_examples(
             pooled = group_influence(block.T, np.eye(n_targets), [np.arange(n_targets)])[0]
         else:
             pooled = {"max": np.max, "mean": np.mean, "sum": np.sum}[strategy](block, axis=0)
+        merged_scores = np.concatenate([kept_scores[0], pooled])
         merged_rows = np.concatenate([kept_rows[0], rows])
-        merged_columns = np.concatenate([kept_columns, block], axis=1)
-        order = np.lexsort((merged_rows, -np.concatenate([kept_scores[0], pooled])))[:budget]
-        kept_scores = np.concatenate([kept_scores[0], pooled])[order][None]
-        kept_rows, kept_columns = merged_rows[order][None], merged_columns[:, order]
+        order = np.lexsort((merged_rows, -merged_scores))[:budget]
+        kept_scores, kept_rows = merged_scores[order][None], merged_rows[order][None]
+        kept_columns = np.concatenate([kept_columns, block], axis=1)[:, order]
     if not per_target:
         if kept_rows.shape[1] < budget:
             raise ValueError(f"the blocks held {kept_rows.shape[1]} candidates, fewer than the budget of {budget}")

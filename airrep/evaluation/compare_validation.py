@@ -30,7 +30,7 @@ from airrep.labels.dataset import load_labels
 from airrep.lds import paired_summary
 from airrep.outputs import write_json
 from airrep.training.lds_evaluator import LDSEvaluator
-from configuration_airrep import DEFAULT_POOLINGS as GROUP_POOLINGS
+from configuration_airrep import DEFAULT_POOLINGS
 from modeling_airrep import AirRepModel
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"Validation LDS x100 on splits {result['splits']} of `{result['labels']}` ({result['n_queries']} queries); "
         f"differences from `{result['reference']}` with paired 95% bootstrap intervals.",
         "",
-        "| checkpoint | " + " | ".join(f"{p} | diff. {p}" for p in GROUP_POOLINGS) + " |",
-        "|---" * (1 + 2 * len(GROUP_POOLINGS)) + "|",
+        "| checkpoint | " + " | ".join(f"{p} | diff. {p}" for p in DEFAULT_POOLINGS) + " |",
+        "|---" * (1 + 2 * len(DEFAULT_POOLINGS)) + "|",
     ]
     for model, entry in result["models"].items():
         cells = []
-        for pooling in GROUP_POOLINGS:
+        for pooling in DEFAULT_POOLINGS:
             e = entry[pooling]
             cells.append(format_lds(e))
             cells.append("reference" if model == result["reference"] else format_difference(e))

@@ -130,8 +130,8 @@ def sft_example(
         response_text = response + eos
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"] if prompt_text else []
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
-    labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
     if truncation == "right":
+        labels = [IGNORE_INDEX] * len(prompt_ids) + list(response_ids)
         return SFTExample((prompt_ids + response_ids)[:max_length], labels[:max_length])
     response_ids = response_ids[:max_length]
     prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(response_ids))) :]
