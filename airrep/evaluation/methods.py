@@ -5,7 +5,9 @@
   base is meant to be used (L2-normalised when its sentence-transformers pipeline normalises);
 - ``bm25`` (bm25s) and ``tfidf`` (scikit-learn): lexical similarity of the same texts;
 - ``grad-dot``, ``grad-cos``, ``tracin``, ``logra``: gradients of the target LM fine-tuned on the whole
-  pool with the labels' own SFT settings (:class:`GradientState`; see :mod:`airrep.evaluation.gradient_methods`).
+  pool with the labels' own SFT settings (:class:`GradientState`; see :mod:`airrep.evaluation.gradient_methods`);
+- ``ekfac``, ``kfac``: influence functions on the same fine-tuned target LM, with Kronecker-factored
+  curvature fitted by kronfluence (:mod:`airrep.evaluation.influence_functions`).
 
 Each method is a function ``(data, preset, args[, state]) -> Featurized``.
 """
@@ -37,6 +39,7 @@ from airrep.evaluation.gradient_methods import (
     tracin_features,
     unit_rows,
 )
+from airrep.evaluation.influence_functions import KRONECKER_METHODS, kronecker_influence
 from airrep.evaluation.text_baselines import TEXT_METHODS, bm25_scores, tfidf_scores
 from airrep.labels.subset_training import SFTSettings, finetune
 from airrep.labels.target_lm import load_target_lm
@@ -50,7 +53,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("airrep", "base-encoder", *TEXT_METHODS, *GRADIENT_METHODS)
+# Methods that read the target LM: the projected-gradient ones take a projection size, the
+# Kronecker-factored influence functions none.
+TARGET_LM_METHODS = (*GRADIENT_METHODS, *KRONECKER_METHODS)
+METHODS = ("airrep", "base-encoder", *TEXT_METHODS, *TARGET_LM_METHODS)
 
 
 @dataclass
@@ -127,12 +133,12 @@ def method_names(models: list[str]) -> dict[str, str]:
     return names
 
 
-def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tuple[str, int]]:
-    """Report name -> (gradient method, projection size): plain names for one size, ``NAME@SIZE`` for several."""
+def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tuple[str, int | None]]:
+    """Report name -> (target-LM method, projection size): plain names for one size, ``NAME@SIZE`` for
+    several; the Kronecker-factored methods project nothing (size None) and keep their plain names."""
     chosen = [m for m in methods if m in GRADIENT_METHODS]
-    if len(dims) == 1:
-        return {m: (m, dims[0]) for m in chosen}
-    return {f"{m}@{d}": (m, d) for m in chosen for d in dims}
+    names = {m: (m, dims[0]) for m in chosen} if len(dims) == 1 else {f"{m}@{d}": (m, d) for m in chosen for d in dims}
+    return names | {m: (m, None) for m in methods if m in KRONECKER_METHODS}
 
 
 def _encoder_features(model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool) -> tuple:
@@ -277,6 +283,25 @@ class GradientState:
                 p.copy_(self.checkpoints[-1][0][name])
         return model
 
+    def influence_function(self, strategy: str) -> Featurized:
+        """EK-FAC or K-FAC pair scores of the final model, through kronfluence."""
+        model = self.final_model()
+        model.set_attn_implementation("sdpa")  # no vmap here: the fused attention is allowed
+        result = kronecker_influence(
+            model, self.pool, self.queries, self.pad_id, strategy, self.preset.gradient_batch_size,
+            self.gradient_memory_gib, self.preset.seed,
+        )  # fmt: skip
+        curvature = ("eigenvalues refitted to the per-example gradients (EK-FAC)" if strategy == "ekfac"
+                     else "the factors' own eigenvalues (K-FAC)")  # fmt: skip
+        description = (f"influence functions through kronfluence: Kronecker-factored Gauss-Newton curvature of "
+                       f"{result.n_tracked} linear layers (all but the LM head), true Fisher, {curvature}, damping "
+                       f"0.1 x mean eigenvalue; no per-example features are stored (every query batch recomputes "
+                       f"every training gradient), so bytes per example are the factors' over the pool; "
+                       f"{self.about()}")  # fmt: skip
+        return Featurized("gradient", description, result.fit_seconds + result.score_seconds,
+                          result.factor_bytes / len(self.pool), scores=result.scores.astype(np.float64),
+                          setup_seconds=self.setup_seconds)  # fmt: skip
+
     def about(self) -> str:
         precision = ", bf16 autocast" if self.sft.bf16 else ""
         return (f"target LM `{self.target}` fine-tuned on the whole pool ({self.sft.epochs} epoch(s), lr "
@@ -301,6 +326,8 @@ class GradientState:
             seconds = sum(p[2] for p in parts)
             description = (f"TracIn-CP over {len(parts)} end-of-epoch checkpoints, each gradient projected to {d}, "
                            f"weighted by the epoch's mean learning rate; {self.about()}")  # fmt: skip
+        elif name in KRONECKER_METHODS:
+            return self.influence_function(name)
         else:
             model = self.final_model()
             n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())

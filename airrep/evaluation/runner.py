@@ -31,6 +31,7 @@ from airrep.evaluation.data import EvalData, labels_noise_ceiling, load_eval_dat
 from airrep.evaluation.gradient_methods import GRADIENT_METHODS
 from airrep.evaluation.methods import (
     METHODS,
+    TARGET_LM_METHODS,
     Featurized,
     GradientState,
     airrep_method,
@@ -90,8 +91,8 @@ class EvalArguments:
     gradient_batch_size: int | None = field(default=None, metadata={"help": "Override: examples per backward."})
     gradient_memory_gib: float = field(
         default=6.0,
-        metadata={"help": "Memory for per-example gradients: fewer examples per backward for a large target LM "
-                          "(the results do not change)."},
+        metadata={"help": "Memory for per-example gradients: fewer examples per backward for a large target LM, "
+                          "and fewer EK-FAC/K-FAC queries per pass over the pool (the results do not change)."},
     )  # fmt: skip
     encode_batch_size: int | None = field(default=None, metadata={"help": "Override: texts per encoder forward."})
     bootstrap_resamples: int | None = field(default=None, metadata={"help": "Override: bootstrap resamples."})
@@ -121,11 +122,14 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         raise UsageError(f"--model applies only to method 'airrep', which is not among --methods {methods}")
     if args.base_encoder is not None and "base-encoder" not in methods:
         raise UsageError("--base_encoder applies only to method 'base-encoder'")
-    gradient_flags = {"target_lm": args.target_lm, "projection_dim": args.projection_dim,
-                      "logra_rank": args.logra_rank, "gradient_batch_size": args.gradient_batch_size}  # fmt: skip
-    given = [f"--{k}" for k, v in gradient_flags.items() if v is not None]
+    target_lm_flags = {"target_lm": args.target_lm, "gradient_batch_size": args.gradient_batch_size}
+    given = [f"--{k}" for k, v in target_lm_flags.items() if v is not None]
+    if given and not set(methods) & set(TARGET_LM_METHODS):
+        raise UsageError(f"{', '.join(given)} apply only to the methods of the target LM {TARGET_LM_METHODS}")
+    projection_flags = {"projection_dim": args.projection_dim, "logra_rank": args.logra_rank}
+    given = [f"--{k}" for k, v in projection_flags.items() if v is not None]
     if given and not set(methods) & set(GRADIENT_METHODS):
-        raise UsageError(f"{', '.join(given)} apply only to the gradient methods {GRADIENT_METHODS}")
+        raise UsageError(f"{', '.join(given)} apply only to the projected gradient methods {GRADIENT_METHODS}")
     if args.logra_rank is not None and "logra" not in methods:
         raise UsageError("--logra_rank applies only to method 'logra'")
     dims = list(dict.fromkeys(args.projection_dim or []))

@@ -117,7 +117,17 @@ def test_a_failing_method_keeps_the_others(labels, tmp_path):
         (
             {"methods": ["bm25", "tfidf"], "projection_dim": [8]},
             ValueError,
-            "--projection_dim apply only to the gradient",
+            "--projection_dim apply only to the projected gradient methods",
+        ),
+        (
+            {"methods": ["ekfac"], "projection_dim": [8]},
+            ValueError,
+            "--projection_dim apply only to the projected gradient methods",
+        ),
+        (
+            {"methods": ["tfidf"], "target_lm": "{target_lm}"},
+            ValueError,
+            r"--target_lm apply only to the methods of the target LM \('grad-dot', .*'ekfac', 'kfac'\)",
         ),
         ({"methods": ["grad-dot"], "logra_rank": 2}, ValueError, "--logra_rank applies only to method 'logra'"),
         (
