@@ -8,9 +8,11 @@ defined here (``group_influence``, ``similarity``, ``top_k``) instead of repeati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,26 @@ BUNDLED_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 Array = np.ndarray | torch.Tensor
+
+# How encode() may run the encoder: "fp32"; "bf16", fp32 weights under bf16 autocast (where bf16
+# kernels exist: see bf16_available); "int8", the linear layers quantized to int8 per call, weights
+# per tensor and activations dynamically (CPU only). benchmarks/bench_encode_roofline.py measures
+# each against fp32 in speed and embedding cosine; benchmarks/README.md keeps the figures.
+ENCODE_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def bf16_available(device: torch.device | str | None = None) -> bool:
+    """Whether bf16 autocast has fast kernels on ``device`` (default: the GPU if there is one, else the CPU).
+
+    On a CPU that means oneDNN's AVX512-BF16 (or AMX) kernels. Without them autocast emulates bf16
+    and runs slower than fp32, which is why callers that would choose bf16 fall back to fp32 there.
+    """
+    device = torch.device(device) if device is not None else None
+    if (device is None and torch.cuda.is_available()) or (device is not None and device.type == "cuda"):
+        return torch.cuda.is_bf16_supported()
+    if device is None and torch.accelerator.is_available():
+        return False
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass
@@ -713,6 +735,7 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         show_progress_bar: bool | None = None,
         convert_to_tensor: bool = False,
         normalize_embeddings: bool = False,
+        precision: str = "fp32",
     ) -> Array:
         """Embed strings or records of any schema that [`format_text`] knows.
 
@@ -726,6 +749,12 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                 and shows one only when there is more than one batch.
             convert_to_tensor: Return a torch tensor instead of a numpy array.
             normalize_embeddings: L2-normalise the embeddings (AirRep itself scores unnormalised).
+            precision: One of ``ENCODE_PRECISIONS``: ``"fp32"``; ``"bf16"``, the weights kept in fp32
+                and the forward run under bf16 autocast (an error where [`bf16_available`] says there
+                are no bf16 kernels, since emulated bf16 is slower than fp32); ``"int8"``, a copy of
+                the model with its linear layers dynamically quantized to int8 (CPU only). The
+                embeddings are float32 either way; how far each is from fp32, and how much faster, is
+                measured in the project's benchmarks (``bench_encode_roofline.py``).
 
         Returns:
             ``(n, projection_dim)`` float32 embeddings, or ``(projection_dim,)`` for a single input.
@@ -743,6 +772,7 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         was_training = self.training
         self.eval()
         try:
+            model, context = self._for_precision(precision)
             for start in logging.tqdm(starts, desc="Encoding", disable=not show_progress_bar):
                 batch = order[start : start + batch_size]
                 features = self.tokenizer(
@@ -752,7 +782,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                     max_length=self.config.max_seq_length,
                     return_tensors="pt",
                 ).to(self.device)
-                embeddings = self(**features).sentence_embedding.float()
+                with context():
+                    embeddings = model(**features).sentence_embedding.float()
                 if normalize_embeddings:
                     embeddings = nn.functional.normalize(embeddings, dim=-1)
                 result[torch.as_tensor(batch)] = embeddings.cpu()
@@ -761,6 +792,25 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         if single:
             result = result[0]
         return result if convert_to_tensor else result.numpy()
+
+    def _for_precision(self, precision: str) -> tuple[nn.Module, Any]:
+        """The module encode() runs at ``precision`` and a factory of the context to run it in."""
+        if precision not in ENCODE_PRECISIONS:
+            raise ValueError(f"precision must be one of {ENCODE_PRECISIONS}, got {precision!r}")
+        if precision == "bf16":
+            if not bf16_available(self.device):
+                raise ValueError(f"precision 'bf16' needs bf16 kernels, which {self.device} lacks; use 'fp32'")
+            return self, lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError(f"precision 'int8' runs on the CPU only, and this model is on {self.device}")
+            with warnings.catch_warnings():
+                # torch flags its eager quantization API for removal in favour of torchao; it is the one
+                # that runs in torch 2.13 without another dependency.
+                warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+                quantized = torch.ao.quantization.quantize_dynamic(self, {nn.Linear}, dtype=torch.qint8)
+            return quantized, contextlib.nullcontext
+        return self, contextlib.nullcontext
 
     def similarity(self, query_embeddings: Array, corpus_embeddings: Array) -> Array:
         """Query-by-corpus dot products; see [`similarity`]."""

@@ -29,8 +29,9 @@ from airrep.cli import UsageError
 from airrep.evaluation import EvalArguments, evaluate
 from airrep.labels import LabelArguments, generate_labels
 from airrep.outputs import differing_keys
-from airrep.presets import TRAIN_PRESETS, bf16_available, for_precision
+from airrep.presets import TRAIN_PRESETS, for_precision
 from airrep.training import parse_arguments, train_airrep
+from modeling_airrep import bf16_available
 
 logger = logging.getLogger(__name__)
 

@@ -6,24 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
 
-import torch
-
 from airrep.cli import UsageError
 from airrep.labels.subset_training import SFTSettings
 from airrep.labels.target_lm import TargetLMSpec
 
 P = TypeVar("P")
-
-
-def bf16_available() -> bool:
-    """Whether bf16 autocast has fast kernels here: on the GPU if there is one, else oneDNN's on the CPU.
-
-    Without them (an older CPU) autocast emulates bf16 and runs slower than fp32, so presets that ask for
-    bf16 fall back to fp32 there; an explicit ``--bf16`` flag is obeyed either way.
-    """
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return not torch.accelerator.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass(frozen=True)
@@ -48,7 +35,7 @@ class LabelPreset:
     batch_size: int = SFTSettings.batch_size
     weight_decay: float = SFTSettings.weight_decay
     models_per_batch: int = 4
-    # bf16 autocast for the subset models where bf16 kernels exist (airrep.presets.bf16_available).
+    # bf16 autocast for the subset models where bf16 kernels exist (modeling_airrep.bf16_available).
     bf16: bool = False
     # LoRA subset models (SFTSettings.lora_*): rank 0 fine-tunes every weight.
     lora_rank: int = SFTSettings.lora_rank

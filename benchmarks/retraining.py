@@ -17,7 +17,7 @@ from airrep.labels.subset_training import SFTSettings, train_and_evaluate
 from airrep.labels.target_lm import load_target_lm
 from airrep.lds import bootstrap_ci
 from airrep.outputs import save_figure, write_json
-from airrep.presets import bf16_available
+from modeling_airrep import bf16_available
 
 
 @dataclass

@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 from sentence_transformers import SentenceTransformer
 from transformers import GPT2Config
 
+import modeling_airrep
 from airrep.outputs import install_in_offline_cache
 from configuration_airrep import RecordFormatError
 from modeling_airrep import AirRepModel
@@ -50,6 +51,7 @@ LOADER = textwrap.dedent(
         "out.npz",
         folder=by_folder.encode(texts),
         repo_id=by_id.encode(texts),
+        repo_id_int8=by_id.encode(texts, precision="int8"),
         st=st.encode(texts),
         st_similarity=np.array(st.similarity_fn_name),
         classes=np.array([type(by_folder).__module__, type(by_id).__module__]),
@@ -121,6 +123,10 @@ def test_load_by_repo_id_from_offline_cache(model, isolated_loads):
     np.testing.assert_allclose(isolated_loads["repo_id"], model.encode(TEXTS), atol=1e-5, rtol=0)
 
 
+def test_the_checkpoints_own_code_offers_the_encode_precisions(model, isolated_loads):
+    np.testing.assert_allclose(isolated_loads["repo_id_int8"], model.encode(TEXTS, precision="int8"), atol=1e-5, rtol=0)
+
+
 def test_sentence_transformers_load_matches(model, isolated_loads):
     assert str(isolated_loads["st_similarity"]) == "dot"
     np.testing.assert_allclose(isolated_loads["st"], model.encode(TEXTS), atol=1e-5, rtol=0)
@@ -156,6 +162,51 @@ def test_encode_output_types(model):
     assert model.encode([]).shape == (0, 384)
     normalised = model.encode(TEXTS, normalize_embeddings=True)
     np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, rtol=1e-5)
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["bf16-kernels", "no-bf16-kernels"])
+def test_bf16_encode_runs_under_autocast_where_kernels_exist_and_is_refused_elsewhere(model, monkeypatch, kernels):
+    # Both branches on every machine: without real kernels autocast emulates bf16 (slow, same numbers).
+    monkeypatch.setattr(modeling_airrep, "bf16_available", lambda device=None: kernels)
+    reference = model.encode(RECORDS)
+    if not kernels:
+        with pytest.raises(ValueError, match=r"precision 'bf16' needs bf16 kernels, which cpu lacks; use 'fp32'"):
+            model.encode(RECORDS, precision="bf16")
+        return
+    got = model.encode(RECORDS, precision="bf16")
+    assert got.dtype == np.float32 and not np.array_equal(got, reference)
+    assert (unit(got) * unit(reference)).sum(1).min() > 0.999
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        features = model.tokenizer(model.config.format_text(RECORDS[0]), return_tensors="pt")
+        direct = model(**features).sentence_embedding.float().numpy()[0]
+    np.testing.assert_allclose(got[0], direct, rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # torch.ao's quantization API
+def test_int8_encode_quantizes_a_copy_of_the_linear_layers(model):
+    reference = model.encode(RECORDS)
+    got = model.encode(RECORDS, precision="int8")
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        features = model.tokenizer(model.config.format_text(RECORDS[0]), return_tensors="pt")
+        direct = quantized(**features).sentence_embedding.numpy()[0]
+    np.testing.assert_allclose(model.encode(RECORDS[0], precision="int8"), direct, rtol=0, atol=1e-5)
+    assert not np.array_equal(got, reference)
+    # Activations are quantized with one scale per batch, so a text's int8 embedding depends on its
+    # batch (here by up to about 0.2 of 1): one reason int8 is not a default (benchmarks/README.md).
+    assert not np.allclose(got[0], direct, atol=1e-3)
+    # The model itself is untouched: fp32 encodes as before, and its layers are still nn.Linear.
+    np.testing.assert_array_equal(model.encode(RECORDS), reference)
+    assert type(model.projector) is torch.nn.Linear
+
+
+def test_unknown_precision_is_refused(model):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16', 'int8'\), got 'fp16'"):
+        model.encode("x", precision="fp16")
 
 
 def test_encode_restores_training_mode(model):

@@ -38,8 +38,9 @@ from airrep.labels.target_lm import (
     packaged_lm,
 )
 from airrep.outputs import claim, write_text
-from airrep.presets import LABEL_PRESETS, LabelPreset, bf16_available, named, resolve
+from airrep.presets import LABEL_PRESETS, LabelPreset, named, resolve
 from configuration_airrep import RecordFormatError, format_text
+from modeling_airrep import bf16_available
 
 logger = logging.getLogger(__name__)
 NOISE_SEED_OFFSET = 1_000_003

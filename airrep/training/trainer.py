@@ -25,12 +25,12 @@ from airrep import cli
 from airrep.cli import UsageError
 from airrep.labels.dataset import load_labels
 from airrep.outputs import differing_keys
-from airrep.presets import TRAIN_PRESETS, bf16_available, for_precision, named, resolve
+from airrep.presets import TRAIN_PRESETS, for_precision, named, resolve
 from airrep.training.data import AirRepDataCollator, freeze_lower_layers, sample_rows, set_dropout
 from airrep.training.lds_evaluator import LDSEvaluator
 from airrep.training.ranking_loss import WEIGHTINGS, AirRepRankingLoss
 from configuration_airrep import GROUP_POOLINGS
-from modeling_airrep import AirRepModel
+from modeling_airrep import AirRepModel, bf16_available
 
 logger = logging.getLogger(__name__)
 

@@ -73,10 +73,8 @@ def brute_force_influence(model, train, queries, strategy):
         eig_s, q_s = torch.linalg.eigh(deltas.T @ deltas / n_tokens)
         g_train = torch.stack([s[n][2] for s in train_stats])
         g_query = torch.stack([s[n][2] for s in query_stats])
-        if strategy == "ekfac":
-            eigenvalues = ((q_s.T @ g_train @ q_a) ** 2).mean(0)
-        else:
-            eigenvalues = eig_s[:, None] * eig_a[None, :]
+        refitted = ((q_s.T @ g_train @ q_a) ** 2).mean(0)  # EK-FAC's eigenvalues
+        eigenvalues = refitted if strategy == "ekfac" else eig_s[:, None] * eig_a[None, :]
         eigenvalues = eigenvalues + 0.1 * eigenvalues.mean()
         preconditioned = q_s @ ((q_s.T @ g_query @ q_a) / eigenvalues) @ q_a.T
         total += torch.einsum("qoi,noi->qn", preconditioned, g_train)
