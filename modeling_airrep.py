@@ -41,9 +41,10 @@ Array = np.ndarray | torch.Tensor
 
 # How encode() may run the encoder: "fp32"; "bf16", fp32 weights under bf16 autocast (where bf16
 # kernels exist: see bf16_available); "int8", the linear layers quantized to int8 per call, weights
-# per tensor and activations dynamically (CPU only). benchmarks/bench_encode_roofline.py measures
-# each against fp32 in speed and embedding cosine; benchmarks/README.md keeps the figures.
-ENCODE_PRECISIONS = ("fp32", "bf16", "int8")
+# per tensor and activations dynamically (CPU only); "auto", bf16 where its kernels exist, else fp32.
+# benchmarks/bench_encode_roofline.py measures each against fp32 in speed and embedding cosine;
+# benchmarks/README.md keeps the figures.
+ENCODE_PRECISIONS = ("fp32", "bf16", "int8", "auto")
 
 
 def bf16_available(device: torch.device | str | None = None) -> bool:
@@ -752,9 +753,10 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
             precision: One of ``ENCODE_PRECISIONS``: ``"fp32"``; ``"bf16"``, the weights kept in fp32
                 and the forward run under bf16 autocast (an error where [`bf16_available`] says there
                 are no bf16 kernels, since emulated bf16 is slower than fp32); ``"int8"``, a copy of
-                the model with its linear layers dynamically quantized to int8 (CPU only). The
-                embeddings are float32 either way; how far each is from fp32, and how much faster, is
-                measured in the project's benchmarks (``bench_encode_roofline.py``).
+                the model with its linear layers dynamically quantized to int8 (CPU only); ``"auto"``,
+                bf16 where it has kernels, else fp32. The embeddings are float32 either way; how far
+                each is from fp32, and how much faster, is measured in the project's benchmarks
+                (``bench_encode_roofline.py``).
 
         Returns:
             ``(n, projection_dim)`` float32 embeddings, or ``(projection_dim,)`` for a single input.
@@ -793,10 +795,18 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
             result = result[0]
         return result if convert_to_tensor else result.numpy()
 
-    def _for_precision(self, precision: str) -> tuple[nn.Module, Any]:
-        """The module encode() runs at ``precision`` and a factory of the context to run it in."""
+    def resolve_precision(self, precision: str) -> str:
+        """``precision`` as encode() runs it here: ``"auto"`` becomes ``"bf16"`` where this model's device
+        has bf16 kernels, else ``"fp32"``; an unknown name is an error."""
         if precision not in ENCODE_PRECISIONS:
             raise ValueError(f"precision must be one of {ENCODE_PRECISIONS}, got {precision!r}")
+        if precision == "auto":
+            return "bf16" if bf16_available(self.device) else "fp32"
+        return precision
+
+    def _for_precision(self, precision: str) -> tuple[nn.Module, Any]:
+        """The module encode() runs at ``precision`` and a factory of the context to run it in."""
+        precision = self.resolve_precision(precision)
         if precision == "bf16":
             if not bf16_available(self.device):
                 raise ValueError(f"precision 'bf16' needs bf16 kernels, which {self.device} lacks; use 'fp32'")

@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="AirRep checkpoint; default: the bundled MiniLM, untrained.")
     parser.add_argument("--n", type=int, default=2048, help="Texts of the real-text corpus to encode.")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--precisions", nargs="+", default=list(ENCODE_PRECISIONS), choices=ENCODE_PRECISIONS)
+    concrete = [p for p in ENCODE_PRECISIONS if p != "auto"]
+    parser.add_argument("--precisions", nargs="+", default=concrete, choices=concrete)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak_tokens", type=int, default=4096, help="Rows of the peak's matrix products.")
     parser.add_argument("--output", type=Path, default=None, help="Also write the figures as JSON here.")

@@ -14,7 +14,9 @@ dataset folder (``load_dataset(folder)``), with a card and ``embeddings.json`` d
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import os
 import sys
@@ -71,8 +73,14 @@ def encode_corpus(
     shard_size: int = 10000,
     batch_size: int = 64,
     id_column: str = "id",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Encode every row of ``dataset[split]`` with the AirRep checkpoint ``model_name`` (see the module doc).
+
+    ``precision`` is ``AirRepModel.encode``'s; the default, ``"auto"``, encodes under bf16 autocast where
+    the device has bf16 kernels; how far that is from fp32, in embedding cosine and in LDS, is measured in
+    benchmarks/README.md ("Encoding at the machine's limit"). The precision that ran is recorded, and a
+    resumed run must use the same one.
 
     Returns:
         The summary written to ``embeddings.json`` (on the main process; other ranks return theirs).
@@ -88,13 +96,19 @@ def encode_corpus(
 
     state = PartialState(cpu=not torch.cuda.is_available())
     folder = Path(output_dir)
+    model = AirRepModel.from_pretrained(model_name).to(state.device)
+    try:
+        precision = model.resolve_precision(precision)
+    except ValueError as error:
+        raise UsageError(f"--precision: {error}") from None
     settings = {"model": model_name, "dataset": dataset, "config": config, "split": split,
                 "shard_size": shard_size, "id_column": id_column}  # fmt: skip
+    if precision != "fp32":  # folders written before the option existed are fp32 and record none
+        settings["precision"] = precision
     if state.is_main_process:
         claim(folder, "embedding_settings.json", settings,
               "use another --output_dir, or delete the folder to start over")  # fmt: skip
     state.wait_for_everyone()
-    model = AirRepModel.from_pretrained(model_name).to(state.device)
 
     done = encoded = 0
     n_rows = 0
@@ -115,7 +129,7 @@ def encode_corpus(
                 texts.append(model.config.format_text(row, index=shard * shard_size + i))
             except ValueError as error:
                 raise UsageError(f"{dataset} (split {split}): {error}") from None
-        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False)
+        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False, precision=precision)
         _write_shard(path, ids, vectors)
         encoded += 1
         progress.update(1)
@@ -135,11 +149,18 @@ def _finish(folder: Path, summary: dict[str, Any]) -> None:
     if stale:
         raise RuntimeError(f"{folder}/data holds shards beyond the {summary['shards']} this corpus has: {stale[:3]}")
     write_json(folder / SETTINGS_FILE, summary)
+    # datasets 5.2 keys its cache for a local folder by the card's configs (names and path patterns),
+    # not by the files (see airrep.outputs.write_parquet). Shards keep their resumable names, so the
+    # config's name carries what makes this folder's rows its own: the shards' names, sizes and times.
+    shards = sorted((folder / "data").glob("shard-*.parquet"))
+    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards])
+    config_name = "embeddings-" + hashlib.sha256(stamp.encode()).hexdigest()[:12]
     write_text(
         folder / "README.md",
         f"""---
 configs:
-- config_name: default
+- config_name: {config_name}
+  default: true
   data_files:
   - split: train
     path: data/shard-*.parquet
@@ -173,12 +194,17 @@ class EmbeddingsArguments:
     shard_size: int = field(default=10000, metadata={"help": "Rows per parquet shard."})
     batch_size: int = field(default=64, metadata={"help": "Texts per encoder forward."})
     id_column: str = field(default="id", metadata={"help": "Column holding row ids (default: row numbers)."})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "Encoder precision: fp32, bf16 (autocast), int8, or auto (bf16 where the device has bf16 "
+                          "kernels, else fp32). Vectors are stored in float16 either way."},
+    )  # fmt: skip
 
 
 def main(argv: list[str]) -> None:
     (args,) = cli.parse(EmbeddingsArguments, argv, __doc__)
     encode_corpus(args.model, args.dataset, args.output_dir, args.split, args.config, args.shard_size,
-                  args.batch_size, args.id_column)  # fmt: skip
+                  args.batch_size, args.id_column, args.precision)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import pytest
 from datasets import load_dataset
 from helpers import kill_when, spawn
 
+import modeling_airrep
+from airrep.cli import UsageError
 from airrep.labels.corpus import write_corpus
 from airrep.serving.embeddings import encode_corpus
 from airrep.serving.index import EmbeddingIndex, recall_at_k
@@ -24,7 +26,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process(corpus, saved_folder):
     out = corpus.parent / "one-process"
-    summary = encode_corpus(str(saved_folder), str(corpus), out, shard_size=32, batch_size=16)
+    summary = encode_corpus(str(saved_folder), str(corpus), out, shard_size=32, batch_size=16, precision="fp32")
     return out, summary
 
 
@@ -48,7 +50,8 @@ def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, sav
     out = corpus.parent / "two-processes"
     process = spawn(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "airrep.serving.embeddings",
                       "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir", str(out),
-                      "--shard_size", "32", "--batch_size", "16"], ACCELERATE_USE_CPU="1")  # fmt: skip
+                      "--shard_size", "32", "--batch_size", "16", "--precision", "fp32"],
+                     ACCELERATE_USE_CPU="1")  # fmt: skip
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
     ids_1, vectors_1 = _table(one_process[0])
@@ -68,11 +71,11 @@ def test_two_process_torchrun_encode_equals_one_process(one_process, corpus, sav
 def test_killed_encode_resumes_without_duplicates_or_gaps(one_process, corpus, saved_folder):
     out = corpus.parent / "killed"
     args = ["-m", "airrep.serving.embeddings", "--model", str(saved_folder), "--dataset", str(corpus), "--output_dir",
-            str(out), "--shard_size", "8", "--batch_size", "8"]  # fmt: skip
+            str(out), "--shard_size", "8", "--batch_size", "8", "--precision", "fp32"]  # fmt: skip
     kill_when(spawn(args), lambda: len(list((out / "data").glob("shard-*.parquet"))) >= 2)
     finished = len(list((out / "data").glob("shard-*.parquet")))
     assert 2 <= finished < 15
-    encode_corpus(str(saved_folder), str(corpus), out, shard_size=8, batch_size=8)
+    encode_corpus(str(saved_folder), str(corpus), out, shard_size=8, batch_size=8, precision="fp32")
     ids, vectors = _table(out)
     reference_ids, reference = _table(one_process[0])
     assert ids == reference_ids  # each id once, in order
@@ -81,7 +84,40 @@ def test_killed_encode_resumes_without_duplicates_or_gaps(one_process, corpus, s
 
 def test_other_settings_are_refused(one_process, corpus, saved_folder):
     with pytest.raises(ValueError, match=r"other settings \(they differ in \['shard_size'\]\)"):
-        encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=50)
+        encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=50, precision="fp32")
+    # The fp32 folder records no precision (as folders made before the option); bf16 is another setting.
+    with pytest.raises(ValueError, match=r"other settings \(they differ in \['precision'\]\)"):
+        encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=32, batch_size=16, precision="bf16")
+    with pytest.raises(UsageError, match=r"--precision: precision must be one of .*got 'fp8'"):
+        encode_corpus(str(saved_folder), str(corpus), one_process[0], precision="fp8")
+
+
+def test_two_folders_of_one_name_load_their_own_rows(saved_folder, tmp_path):
+    # datasets keys its cache for a local folder by the card's configs; equal cards once made the
+    # second folder load the first one's rows.
+    for n in (6, 9):
+        corpus = tmp_path / f"corpus{n}"
+        write_corpus(corpus, {"train": n, "test": 2}, seed=n)
+        out = tmp_path / str(n) / "embeddings"
+        encode_corpus(str(saved_folder), str(corpus), out, shard_size=4, batch_size=4, precision="fp32")
+        assert _table(out)[0] == load_dataset(str(corpus), split="train")["id"]
+        assert len(_table(out)[0]) == n
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["bf16-kernels", "no-bf16-kernels"])
+def test_auto_precision_encodes_in_bf16_where_kernels_exist(corpus, saved_folder, model, monkeypatch, tmp_path,
+                                                            kernels):  # fmt: skip
+    # Both branches on every machine; without real kernels the bf16 branch is emulated (same numbers).
+    monkeypatch.setattr(modeling_airrep, "bf16_available", lambda device=None: kernels)
+    summary = encode_corpus(str(saved_folder), str(corpus), tmp_path / "auto", shard_size=64, batch_size=16)
+    assert summary.get("precision") == ("bf16" if kernels else None)
+    _, vectors = _table(tmp_path / "auto")
+    records = load_dataset(str(corpus), split="train")
+    texts = [format_text(r) for r in records]
+    # Shard by shard, as the job batches them: in bf16 a text's embedding moves with its batch's padding.
+    precision = "bf16" if kernels else "fp32"
+    expected = np.concatenate([model.encode(texts[i : i + 64], batch_size=16, precision=precision) for i in (0, 64)])
+    np.testing.assert_allclose(vectors.astype(np.float32), expected, atol=2e-3, rtol=2e-3)  # float16 storage
 
 
 def test_index_top_k_matches_exact_search(one_process):
