@@ -159,10 +159,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Featurization cost against target-LM size", "", header, "|---|---|---|---|---|---|"]
         encoders = curve["encoders"]
         for rung in curve["rungs"]:
-            bound = " (lower bound)" if rung["grad-dot"].get("kind", "measured") != "measured" else ""
+            grad_dot = rung.get("grad-dot")  # absent when the bench ran with --skip_grad_dot
+            bound = " (lower bound)" if grad_dot and grad_dot.get("kind", "measured") != "measured" else ""
+            grad_dot_cell = f"{grad_dot['seconds_per_example']:.4g}{bound}" if grad_dot else "—"
             lines.append(
                 f"| {rung['rung']} | {rung['parameters']:,} | {rung['logra']['seconds_per_example']:.4g} | "
-                f"{rung['grad-dot']['seconds_per_example']:.4g}{bound} | "
+                f"{grad_dot_cell} | "
                 f"{encoders['airrep_minilm']['seconds_per_example']:.4g} | "
                 f"{encoders['airrep_gte_small_arch']['seconds_per_example']:.4g} |"
             )
@@ -221,16 +223,19 @@ def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     rungs = sorted(curve["rungs"], key=lambda r: r["parameters"])
-    params = [r["parameters"] for r in rungs]
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for method, color in (("logra", "tab:red"), ("grad-dot", "tab:orange")):
-        seconds = [r[method]["seconds_per_example"] for r in rungs]
+        measured = [r for r in rungs if method in r]
+        if not measured:
+            continue
+        params = [r["parameters"] for r in measured]
+        seconds = [r[method]["seconds_per_example"] for r in measured]
         axis.plot(params, seconds, "-", color=color, label=f"{method} (TracIn: x checkpoints)" if method == "grad-dot"
                   else method)  # fmt: skip
-        for p, s, r in zip(params, seconds, rungs, strict=True):
+        for p, s, r in zip(params, seconds, measured, strict=True):
             bound = r[method].get("kind", "measured") != "measured"
             axis.plot(p, s, "o", color=color, markerfacecolor="white" if bound else color)
-    for (name, encoder), style in zip(curve["encoders"].items(), ("-", "--"), strict=False):
+    for (name, encoder), style in zip(curve["encoders"].items(), ("-", "--", ":", "-."), strict=False):
         axis.axhline(encoder["seconds_per_example"], color="tab:blue", linestyle=style, label=name)
     for r in rungs:
         axis.annotate(r["rung"], (r["parameters"], r["logra"]["seconds_per_example"]), fontsize=7,

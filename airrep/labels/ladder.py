@@ -37,6 +37,21 @@ QWEN25_05B: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
+# SmolLM2-135M-Instruct's architecture (config.json of HuggingFaceTB/SmolLM2-135M-Instruct, the target LM
+# of the real rung), for the same cost measurements. 134.5M parameters, 28.3M of them in the tied embedding.
+SMOLLM2_135M: dict[str, Any] = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
+
 
 def rung_name(factor: int) -> str:
     """``x1``, ``x10``, ...: the name of a rung, used in folder names and reports."""
