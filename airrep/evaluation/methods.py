@@ -141,10 +141,14 @@ def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tupl
     return names | {m: (m, None) for m in methods if m in KRONECKER_METHODS}
 
 
-def _encoder_features(model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool) -> tuple:
+def _encoder_features(
+    model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool, precision: str = "fp32"
+) -> tuple:
     tic = time.perf_counter()
-    pool = model.encode(data.pool_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize)
-    queries = model.encode(data.query_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize)
+    pool = model.encode(data.pool_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize,
+                        precision=precision)  # fmt: skip
+    queries = model.encode(data.query_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize,
+                           precision=precision)  # fmt: skip
     return pool, queries, time.perf_counter() - tic
 
 
@@ -153,9 +157,11 @@ def airrep_method(checkpoint: str) -> Callable[[EvalData, EvalPreset, EvalArgume
         tic = time.perf_counter()
         model = AirRepModel.from_pretrained(checkpoint)
         setup = time.perf_counter() - tic
-        pool, queries, seconds = _encoder_features(model, data, preset, normalize=False)
+        precision = model.resolve_precision(args.encode_precision)
+        pool, queries, seconds = _encoder_features(model, data, preset, normalize=False, precision=precision)
+        encoded = "" if precision == "fp32" else f", encoded in {precision}"
         return Featurized(
-            "encoder", f"AirRep checkpoint `{checkpoint}` (dot products, as trained)", seconds,
+            "encoder", f"AirRep checkpoint `{checkpoint}` (dot products, as trained{encoded})", seconds,
             pool.shape[1] * pool.itemsize, queries, pool, setup_seconds=setup,
         )  # fmt: skip
 

@@ -49,6 +49,7 @@ from airrep.lds import lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, named, resolve
 from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
+from modeling_airrep import ENCODE_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class EvalArguments:
                           "and fewer EK-FAC/K-FAC queries per pass over the pool (the results do not change)."},
     )  # fmt: skip
     encode_batch_size: int | None = field(default=None, metadata={"help": "Override: texts per encoder forward."})
+    encode_precision: str = field(
+        default="fp32",
+        metadata={"help": "How method 'airrep' encodes: fp32, bf16 (autocast, where bf16 kernels exist), int8 or "
+                          "auto (AirRepModel.encode's precision)."},
+    )  # fmt: skip
     bootstrap_resamples: int | None = field(default=None, metadata={"help": "Override: bootstrap resamples."})
     classification_k: int | None = field(default=None, metadata={"help": "Override: neighbours that vote a task."})
     seed: int | None = field(default=None, metadata={"help": "Override: seed of projections and fine-tuning."})
@@ -120,6 +126,10 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         raise UsageError("method 'airrep' needs at least one checkpoint: pass --model FOLDER_OR_ID")
     if args.model and "airrep" not in methods:
         raise UsageError(f"--model applies only to method 'airrep', which is not among --methods {methods}")
+    if args.encode_precision not in ENCODE_PRECISIONS:
+        raise UsageError(f"--encode_precision must be one of {ENCODE_PRECISIONS}, got {args.encode_precision!r}")
+    if args.encode_precision != "fp32" and "airrep" not in methods:
+        raise UsageError("--encode_precision applies only to method 'airrep'")
     if args.base_encoder is not None and "base-encoder" not in methods:
         raise UsageError("--base_encoder applies only to method 'base-encoder'")
     target_lm_flags = {"target_lm": args.target_lm, "gradient_batch_size": args.gradient_batch_size}
@@ -246,6 +256,8 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
                 "models": airrep_names}  # fmt: skip
     if len(dims) > 1:  # one size stays recorded as the preset's projection_dim alone, as before
         settings["projection_dims"] = dims
+    if args.encode_precision != "fp32":  # reports made before the option were fp32 and record none
+        settings["encode_precision"] = args.encode_precision
     if args.overwrite:
         write_json(folder / "eval_settings.json", settings)
     claim(folder, "eval_settings.json", settings,

@@ -52,6 +52,24 @@ def test_results_are_recomputed_from_the_saved_score_matrices(report, labels):
             assert recomputed[name][pooling]["ci"] == pytest.approx(entry["ci"], abs=1e-12)
 
 
+def test_airrep_encodes_at_the_precision_asked_for(labels, saved_folder, report, tmp_path):
+    from modeling_airrep import AirRepModel, group_influence
+
+    args = EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(tmp_path / "int8"),
+                         model=[str(saved_folder)], methods=["airrep"], encode_precision="int8")  # fmt: skip
+    results = run(args)
+    assert "encoded in int8" in results["method_details"]["airrep"]["description"]
+    assert json.loads((tmp_path / "int8" / "eval_settings.json").read_text())["encode_precision"] == "int8"
+    data = load_eval_data(str(labels / "labels-lds"))
+    model = AirRepModel.from_pretrained(saved_folder)
+    encode = lambda texts: model.encode(texts, batch_size=64, precision="int8")  # noqa: E731
+    expected = group_influence(encode(data.query_texts).astype(np.float64), encode(data.pool_texts), data.subsets)
+    np.testing.assert_allclose(np.load(tmp_path / "int8" / "scores" / "airrep.attention.npy"), expected, rtol=1e-9)
+    # The fp32 report of the same checkpoint records no precision and differs.
+    assert "encode_precision" not in json.loads((report[0] / "eval_settings.json").read_text())
+    assert results["methods"]["airrep"] != report[1]["methods"]["airrep"]
+
+
 def test_base_encoder_is_used_as_its_pipeline_intends(saved_folder):
     # The bundled MiniLM's sentence-transformers pipeline ends with Normalize; an AirRep checkpoint's does not.
     assert base_normalises(None)
@@ -142,6 +160,8 @@ def test_a_failing_method_keeps_the_others(labels, tmp_path):
         ),
         ({"methods": ["grad-dot"], "gradient_memory_gib": 0}, ValueError, "--gradient_memory_gib must be positive"),
         ({"methods": ["bm25"], "base_encoder": "x"}, ValueError, "--base_encoder applies only"),
+        ({"methods": ["bm25"], "encode_precision": "bf16"}, ValueError, "--encode_precision applies only to method"),
+        ({"model": ["x"], "encode_precision": "fp8"}, ValueError, r"--encode_precision must be one of \("),
         ({"model": ["{missing}"]}, ValueError, "cannot load AirRep checkpoint"),
         ({"model": ["{target_lm}"]}, ValueError, "not an AirRep checkpoint: its config.json has model_type 'llama'"),
         ({"labels": "{train_labels}"}, LabelsFormatError, "'train'-mode labels; LDS is measured on 'lds'-mode"),
