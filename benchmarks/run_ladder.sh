@@ -14,7 +14,7 @@
 #   FACTORS  ladder rungs (default "1 10")
 #   DIMS     gradient projection sizes (default "384 4096 18432"); every gradient method runs at each
 #   COST_RUNGS  rungs of the cost curve (default: FACTORS, x1, x10, x100 and qwen2.5-0.5b)
-#   COST_ARGS   more flags for bench_featurization_cost.py, e.g. "--n 4 --encode_repeats 1"
+#   COST_ARGS   flags for bench_featurization_cost.py (default "--n 16 --rounds 1")
 #   REDO_COST   set to 1 to measure the cost curve again even when one over the same rungs is saved
 #   PYTHON   interpreter (default .venv/bin/python)
 set -euo pipefail
@@ -52,7 +52,9 @@ if [[ -z ${COST_RUNGS:-} ]]; then
   COST_RUNGS="$(for f in $FACTORS 1 10 100; do echo "x$f"; done | sort -t x -k 2 -nu | tr '\n' ' ')qwen2.5-0.5b"
 fi
 read -r -a cost_rungs <<<"$COST_RUNGS"
-read -r -a cost_args <<<"${COST_ARGS:-}"
+# The bench's own defaults (256 examples, 3 rounds) measure the cost ratio; the ladder's curve keeps its
+# former size, about 10 minutes.
+read -r -a cost_args <<<"${COST_ARGS:---n 16 --rounds 1}"
 cost_json=$LADDER/cost_curve.json
 # The curve's figures are only comparable within one run, so it is reused whole or measured whole.
 if [[ -f $cost_json && ${REDO_COST:-0} != 1 ]] && "$PYTHON" - "$cost_json" "${cost_rungs[@]}" <<'EOF'

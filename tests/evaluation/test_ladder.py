@@ -206,7 +206,7 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
         "FACTORS": "1 10",
         "DIMS": "16 24",
         "COST_RUNGS": "x1 x10",
-        "COST_ARGS": "--n 4 --encode_repeats 1 --logra_dim 64 --projection_dim 64",
+        "COST_ARGS": "--n 4 --rounds 1 --logra_dim 64 --projection_dim 64",
         "PYTHON": sys.executable,
     }
     result = subprocess.run(["bash", "benchmarks/run_ladder.sh"], cwd=repo, env=env, capture_output=True, text=True)
