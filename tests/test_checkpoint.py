@@ -205,7 +205,7 @@ def test_int8_encode_quantizes_a_copy_of_the_linear_layers(model):
 
 
 def test_unknown_precision_is_refused(model):
-    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16', 'int8'\), got 'fp16'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16', 'int8', 'auto'\), got 'fp16'"):
         model.encode("x", precision="fp16")
 
 
