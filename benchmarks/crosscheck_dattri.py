@@ -59,7 +59,7 @@ def dattri_scores(state: GradientState, checkpoints: list[int], weights: list[fl
 
     def loss(params, data):
         ids, positions, targets = data
-        logits = functional_call(model, ({**params}, buffers), (ids.unsqueeze(0),),
+        logits = functional_call(model, (params, buffers), (ids.unsqueeze(0),),
                                  {"use_cache": False, "logits_to_keep": positions.unsqueeze(0)}).logits  # fmt: skip
         summed, count = token_losses(logits, targets.unsqueeze(0))
         return summed[0] / count[0].clamp(min=1)

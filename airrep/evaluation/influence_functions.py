@@ -170,8 +170,7 @@ def kronecker_influence(
     tracked = tracked_layers(model)
     task = ResponseLossTask(tracked, response_logits_only and selects_logits(model))
     modules = dict(model.named_modules())
-    n_tracked_params = sum(modules[n].weight.numel() + (modules[n].bias is not None) * modules[n].out_features
-                           for n in tracked)  # fmt: skip
+    n_tracked_params = sum(p.numel() for name in tracked for p in modules[name].parameters())
     prepared = prepare_model(model, task)
     loader = DataLoaderKwargs(collate_fn=lambda batch: collate_sft(batch, pad_id))
     factor_args = FactorArguments(

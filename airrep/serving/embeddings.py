@@ -30,6 +30,7 @@ import numpy as np
 from airrep import cli
 from airrep.cli import UsageError
 from airrep.outputs import claim, write_json, write_text
+from airrep.serving.index import shard_files
 
 logger = logging.getLogger(__name__)
 SETTINGS_FILE = "embeddings.json"
@@ -152,8 +153,7 @@ def _finish(folder: Path, summary: dict[str, Any]) -> None:
     # datasets 5.2 keys its cache for a local folder by the card's configs (names and path patterns),
     # not by the files (see airrep.outputs.write_parquet). Shards keep their resumable names, so the
     # config's name carries what makes this folder's rows its own: the shards' names, sizes and times.
-    shards = sorted((folder / "data").glob("shard-*.parquet"))
-    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shards])
+    stamp = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in shard_files(folder)[1]])
     config_name = "embeddings-" + hashlib.sha256(stamp.encode()).hexdigest()[:12]
     write_text(
         folder / "README.md",
