@@ -197,6 +197,10 @@ class TrainPreset:
     weight_decay: float = 0.0
     lr_scheduler_type: str = "linear"
     projector_init: str = "identity"
+    # Share of a step's texts re-embedded with gradients in GradCache's second pass, sampled by the norm
+    # of their embedding's gradient and reweighted so the gradient stays unbiased (1: all, exact;
+    # AirRepRankingLoss's backward_fraction). Needs dropout 0.
+    backward_fraction: float = 1.0
     # What a bf16 preset trains where bf16 kernels are missing (None: the same settings in fp32). An
     # fp32 step of the demo takes 2.2x as long, and 3.3x on an AVX2-only CPU, so its fallback trains
     # cheaper steps to keep the time bound.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
+from sentence_transformers.base.losses.gradcache import CachedLossMixin, _create_minibatch, _minibatch_ranges
 from torch import Tensor, nn
 
 from configuration_airrep import GROUP_POOLINGS
@@ -49,6 +50,33 @@ def ranknet_loss(scores: Tensor, targets: Tensor, t_min: float | None = 0.1, t_m
     return (weights * nn.functional.softplus(-logits[keep])).mean()
 
 
+def inclusion_probabilities(weights: Tensor, fraction: float) -> Tensor:
+    """Probabilities ``q_i = min(1, c * weights_i)`` that sum to ``fraction * n`` (or include every
+    positive weight when fewer remain): Poisson sampling proportional to size, with the largest weights
+    always taken. A zero weight is never taken.
+
+    Scaling a taken term by ``1 / q_i`` (Horvitz-Thompson) makes a sampled sum an unbiased estimate of
+    the whole sum, each taken term then contributing at most ``1 / c``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the fraction must be in (0, 1], got {fraction}")
+    weights = weights.detach().double()
+    if (weights < 0).any() or not torch.isfinite(weights).all():
+        raise ValueError("weights must be finite and non-negative")
+    budget = fraction * weights.numel()
+    positive = weights > 0
+    if budget >= int(positive.sum()):
+        return positive.double()
+    capped = torch.zeros_like(positive)
+    while True:  # water-filling: at most one pass per weight that reaches 1
+        free = positive & ~capped
+        scale = (budget - int(capped.sum())) / weights[free].sum()
+        over = free & (scale * weights >= 1)
+        if not over.any():
+            return torch.where(capped, 1.0, torch.where(free, scale * weights, 0.0))
+        capped |= over
+
+
 class AirRepRankingLoss(CachedLossMixin, nn.Module):
     def __init__(
         self,
@@ -57,6 +85,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
         pooling: str = "attention",
         mini_batch_size: int | None = 32,
         show_progress_bar: bool = False,
+        backward_fraction: float = 1.0,
     ) -> None:
         """Weighted pairwise RankNet loss over AirRep group scores, as in AirRep (Sun et al., 2025).
 
@@ -77,6 +106,14 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
             mini_batch_size: Texts embedded per forward pass with GradCache (Gao et al., 2021), so a
                 step's memory stays bounded whatever R and K are; ``None`` embeds the batch at once.
             show_progress_bar: Show a bar over the GradCache mini-batches.
+            backward_fraction: With GradCache, re-embed with gradients only about this share of the
+                step's texts (1: all of them, exact GradCache). Each text is taken with probability
+                proportional to the norm of its embedding's gradient (capped at 1,
+                :func:`inclusion_probabilities`) and its gradient divided by that probability, so the
+                parameter gradient is unbiased; texts that move the loss most are always taken. A step
+                then costs one forward pass without gradients over every text plus a forward and
+                backward over the taken ones. Needs a model without dropout (the replay groups texts
+                differently, so it cannot redraw the first pass's masks).
 
         References:
             - Sun et al., Enhancing Training Data Attribution with Representational Optimization,
@@ -119,6 +156,14 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
         self.mini_batch_size = mini_batch_size or 0
         self.show_progress_bar = show_progress_bar
         self.uses_gradient_cache = mini_batch_size is not None
+        if not 0 < backward_fraction <= 1:
+            raise ValueError(f"backward_fraction must be in (0, 1], got {backward_fraction}")
+        if backward_fraction < 1:
+            if not self.uses_gradient_cache:
+                raise ValueError("backward_fraction < 1 samples GradCache's replay: it needs a mini_batch_size")
+            if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+                raise ValueError("backward_fraction < 1 needs a model without dropout (set dropout to 0)")
+        self.backward_fraction = backward_fraction
 
     def group_scores(self, embeddings: Tensor, labels: dict[str, Tensor]) -> Tensor:
         """``(R, K)`` group scores of the label's subsets for its queries."""
@@ -144,9 +189,43 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
             raise ValueError(
                 f"AirRepRankingLoss expects one text column (the step's union), got {len(sentence_features)}"
             )
+        if self.uses_gradient_cache and self.backward_fraction < 1:
+            return self._forward_sampled(sentence_features[0], labels)
         if self.uses_gradient_cache:
             return self.forward_cached(sentence_features, labels)
         return self._loss(self.model(sentence_features[0])["sentence_embedding"], labels)
+
+    def _forward_sampled(self, features: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
+        """GradCache whose replay re-embeds only a sample of the texts (``backward_fraction``)."""
+        with torch.no_grad():
+            reps = torch.cat([
+                self.model(_create_minibatch(features, begin, end))["sentence_embedding"]
+                for begin, end in _minibatch_ranges(features, self.mini_batch_size)
+            ])  # fmt: skip
+        if not torch.is_grad_enabled():
+            return self._loss(reps, labels)
+        reps.requires_grad_()
+        loss = self._loss(reps, labels)
+        loss.backward()
+        loss = loss.detach().requires_grad_()
+        grads = reps.grad.float()
+        q = inclusion_probabilities(grads.norm(dim=1), self.backward_fraction).float()
+        taken = (torch.rand(q.shape) < q).nonzero().squeeze(1)
+        weighted = grads[taken] / q[taken, None]
+        loss.register_hook(partial(self._replay, features, taken, weighted))
+        return loss
+
+    def _replay(self, features: dict[str, Tensor], taken: Tensor, weighted: Tensor, grad_output: Tensor) -> None:
+        """Backward hook: re-embed the taken texts with gradients and pull their weighted gradients through."""
+        n = features["attention_mask"].shape[0]
+        subset = {k: v[taken] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
+                  for k, v in features.items()}  # fmt: skip
+        with torch.enable_grad():
+            for begin, end in _minibatch_ranges(subset, self.mini_batch_size) if taken.numel() else []:
+                reps = self.model(_create_minibatch(subset, begin, end))["sentence_embedding"]
+                dtype = torch.promote_types(reps.dtype, torch.float32)  # bf16 autocast: take the product in fp32
+                surrogate = torch.dot(reps.flatten().to(dtype), weighted[begin:end].flatten().to(dtype))
+                (surrogate * grad_output).backward()
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +234,7 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
             "t_max": self.t_max,
             "pooling": self.pooling,
             "mini_batch_size": self.mini_batch_size or None,
+            "backward_fraction": self.backward_fraction,
         }
 
     @property

@@ -73,6 +73,11 @@ class AirRepArguments:
     dropout: float | None = field(
         default=None, metadata={"help": "Override: the encoder's dropout while training (0 = none, as the authors)."}
     )
+    backward_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Override: share of a step's texts re-embedded with gradients, sampled by their "
+                          "gradient's norm and reweighted (unbiased); 1 = all. Below 1 needs --dropout 0."},
+    )  # fmt: skip
     frozen_layers: int | None = field(
         default=None,
         metadata={"help": "Override: freeze the embeddings and this many lower encoder layers, cache their "
@@ -188,7 +193,7 @@ def train_airrep(
     if args.projector_init is not None and args.projector_init not in PROJECTOR_INITS:
         raise UsageError(f"--projector_init must be one of {PROJECTOR_INITS}, got {args.projector_init!r}")
     overridable = ("queries_per_step", "subsets_per_step", "train_steps", "validation_splits", "mini_batch_size",
-                   "frozen_layers", "dropout", "weighting", "projector_init")  # fmt: skip
+                   "frozen_layers", "dropout", "weighting", "projector_init", "backward_fraction")  # fmt: skip
     overrides = {k: getattr(args, k) for k in overridable}
     # What the run uses, for the record: the precision it trains in and that precision's steps.
     preset = resolve(for_precision(base, training_args.bf16), overrides)
@@ -196,6 +201,11 @@ def train_airrep(
         changed = differing_keys(asdict(preset), asdict(replace(base, fp32_fallback=None, bf16=False)))
         logger.warning("No bf16 autocast here: the %r preset trains its fp32 fallback, which differs in %s",
                        args.preset, ", ".join(f"{k}={getattr(preset, k)}" for k in changed))  # fmt: skip
+    if not 0 < preset.backward_fraction <= 1:
+        raise UsageError(f"--backward_fraction must be in (0, 1], got {preset.backward_fraction}")
+    if preset.backward_fraction < 1 and (preset.dropout != 0 or not preset.mini_batch_size):
+        raise UsageError("--backward_fraction below 1 re-embeds a sample of GradCache's texts: it needs --dropout 0 "
+                         f"and a --mini_batch_size (got dropout {preset.dropout}, mini-batch {preset.mini_batch_size})")
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
     # The record and the card say what trains, flags included.
@@ -245,7 +255,8 @@ def train_airrep(
         cache = freeze_lower_layers(model, data, preset.frozen_layers)
         logger.info("Cached the output of the %d frozen layer(s) for %d texts", preset.frozen_layers,
                     len(cache.states))  # fmt: skip
-    loss = AirRepRankingLoss(model, weighting=preset.weighting, mini_batch_size=preset.mini_batch_size or None)
+    loss = AirRepRankingLoss(model, weighting=preset.weighting, mini_batch_size=preset.mini_batch_size or None,
+                             backward_fraction=preset.backward_fraction)
     evaluator = LDSEvaluator(data, held_out)
     trainer = AirRepTrainer(
         model=model,

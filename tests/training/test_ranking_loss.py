@@ -8,7 +8,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from airrep.labels.dataset import normalise_losses
-from airrep.training.ranking_loss import AirRepRankingLoss, ranknet_loss
+from airrep.training.data import set_dropout
+from airrep.training.ranking_loss import AirRepRankingLoss, inclusion_probabilities, ranknet_loss
 
 
 def reference_labels(losses, clip=10.0):
@@ -124,7 +125,81 @@ def test_config_and_bad_arguments(sentence_model):
         "t_max": 5.0,
         "pooling": "attention",
         "mini_batch_size": 32,
+        "backward_fraction": 1.0,
     }
     assert "2505.18513" in loss.citation
     with pytest.raises(ValueError, match="weighting must be one of"):
         AirRepRankingLoss(sentence_model, weighting="median")
+
+
+def _bisected_probabilities(weights, fraction):
+    """min(1, c w) summing to fraction * n, c found by bisection (an independent route to the same q)."""
+    low, high = 0.0, 1e12
+    for _ in range(200):
+        c = (low + high) / 2
+        low, high = (c, high) if np.minimum(1, c * weights).sum() < fraction * weights.size else (low, c)
+    return np.minimum(1, high * weights)
+
+
+def test_inclusion_probabilities_are_capped_proportional_and_sum_to_the_budget():
+    weights = np.array([0.0, 1.0, 2.0, 3.0, 100.0, 0.5, 7.0, 0.25])
+    for fraction in (0.1, 0.25, 0.5, 0.7):
+        q = inclusion_probabilities(torch.tensor(weights), fraction).numpy()
+        np.testing.assert_allclose(q, _bisected_probabilities(weights, fraction), atol=1e-9)
+        assert q.sum() == pytest.approx(fraction * weights.size) and q.max() <= 1 and q[0] == 0
+    np.testing.assert_allclose(inclusion_probabilities(torch.tensor([[0.0, 2.0, 3.0]]), 1.0).numpy(), [[0, 1, 1]])
+    # More budget than texts with a gradient: every one of them, never a zero.
+    assert inclusion_probabilities(torch.tensor(weights), 0.95).tolist() == [0, 1, 1, 1, 1, 1, 1, 1]
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="fraction must be in"):
+            inclusion_probabilities(torch.tensor(weights), bad)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        inclusion_probabilities(torch.tensor([1.0, -1.0]), 0.5)
+
+
+@pytest.fixture()
+def dropout_free_model(saved_folder):
+    model = SentenceTransformer(str(saved_folder), trust_remote_code=True)
+    set_dropout(model[0].auto_model, 0.0)
+    return model
+
+
+@pytest.mark.parametrize("fraction", [0.3, 1.0])
+def test_a_sampled_replay_pulls_each_taken_text_through_weighted_by_one_over_its_probability(
+    dropout_free_model, fraction
+):
+    model = dropout_free_model
+    _, features, labels = _batch(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # Independently: per-text embedding gradients from one plain pass, then the Horvitz-Thompson sum
+    # over the texts the sample takes (drawn from torch's global generator, as the loss documents).
+    embeddings = model(dict(features))["sentence_embedding"]
+    plain = AirRepRankingLoss(model, mini_batch_size=None)._loss(embeddings, labels)
+    (g,) = torch.autograd.grad(plain, embeddings, retain_graph=True)
+    q = inclusion_probabilities(g.norm(dim=1), fraction).float()
+    torch.manual_seed(7)
+    taken = torch.rand(q.shape) < q
+    assert 0 < taken.sum() < len(q) if fraction < 1 else taken.all()
+    weights = torch.where(taken, 1 / q, 0.0)
+    expected = torch.autograd.grad((embeddings * (g * weights[:, None]).detach()).sum(), params)
+
+    model.zero_grad()
+    loss = AirRepRankingLoss(model, mini_batch_size=5, backward_fraction=fraction)
+    torch.manual_seed(7)
+    value = loss([dict(features)], labels)
+    value.backward()
+    assert value.item() == pytest.approx(plain.item(), rel=1e-5)
+    # float32 sums of terms scaled by 1/q (up to ~10 here), grouped otherwise: allow 100 unit roundoffs
+    # of the largest gradient entry (some entries, such as the attention keys' bias, are 0 but for roundoff).
+    atol = 100 * torch.finfo(torch.float32).eps * max(float(grad.abs().max()) for grad in expected)
+    for param, grad in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.grad, grad, rtol=1e-3, atol=atol)
+
+
+def test_a_sampled_replay_needs_gradcache_and_no_dropout(sentence_model, dropout_free_model):
+    with pytest.raises(ValueError, match="without dropout"):
+        AirRepRankingLoss(sentence_model, backward_fraction=0.5)
+    with pytest.raises(ValueError, match="needs a mini_batch_size"):
+        AirRepRankingLoss(dropout_free_model, mini_batch_size=None, backward_fraction=0.5)
+    with pytest.raises(ValueError, match="backward_fraction must be in"):
+        AirRepRankingLoss(dropout_free_model, backward_fraction=0.0)

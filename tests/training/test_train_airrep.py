@@ -399,6 +399,18 @@ def test_the_release_recipe_reaches_the_trainer_and_the_card(labels, tmp_path):
     assert '"weighting": "reference"' in text
 
 
+def test_a_sampled_backward_trains_only_without_dropout(labels, tmp_path):
+    with pytest.raises(UsageError, match="--backward_fraction below 1 .* needs --dropout 0"):
+        main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(tmp_path / "m"),
+              "--backward_fraction", "0.5"])  # fmt: skip
+    output = tmp_path / "sampled"
+    main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(output), "--max_steps", "2",
+          "--backward_fraction", "0.5", "--dropout", "0"])  # fmt: skip
+    record = json.loads((output / "airrep_training.json").read_text())
+    assert record["preset"]["backward_fraction"] == 0.5
+    assert '"backward_fraction": 0.5' in (output / "README.md").read_text()
+
+
 def test_a_random_projector_is_seeded_normal_with_the_initializer_range(model):
     from airrep.training.trainer import randomise_projector
 
