@@ -46,8 +46,9 @@ def batches(model: AirRepModel, records: list[dict], batch_size: int) -> tuple[l
     order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
     out, real, total = [], 0, 0
     for start in range(0, len(texts), batch_size):
-        features = model.tokenizer([texts[i] for i in order[start : start + batch_size]], padding=True,
-                                   truncation=True, max_length=model.config.max_seq_length, return_tensors="pt")  # fmt: skip
+        chunk = [texts[i] for i in order[start : start + batch_size]]
+        features = model.tokenizer(chunk, padding=True, truncation=True, max_length=model.config.max_seq_length,
+                                   return_tensors="pt")  # fmt: skip
         out.append({k: features[k] for k in NAMES})
         real += int(features["attention_mask"].sum())
         total += features["attention_mask"].numel()
@@ -159,9 +160,9 @@ def main() -> None:
                      "min_cosine_vs_eager_fp32": cosine, "setup_seconds": setup.get(name, 0.0)})  # fmt: skip
         print(f"{name:24s} {args.n / seconds:8.1f} {base / seconds:13.2f}x {cosine:11.6f} {setup.get(name, 0.0):8.1f}")
     if args.output:
-        args.output.write_text(json.dumps({"texts": args.n, "batch_size": args.batch_size, "padding": padding,
-                                           "threads": threads, "torch": torch.__version__,
-                                           "bf16_available": bf16_available(), "variants": rows}, indent=2))  # fmt: skip
+        figures = {"texts": args.n, "batch_size": args.batch_size, "padding": padding, "threads": threads,
+                   "torch": torch.__version__, "bf16_available": bf16_available(), "variants": rows}  # fmt: skip
+        args.output.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

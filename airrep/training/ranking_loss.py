@@ -112,8 +112,9 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
                 :func:`inclusion_probabilities`) and its gradient divided by that probability, so the
                 parameter gradient is unbiased; texts that move the loss most are always taken. A step
                 then costs one forward pass without gradients over every text plus a forward and
-                backward over the taken ones. Needs a model without dropout (the replay groups texts
-                differently, so it cannot redraw the first pass's masks).
+                backward over the taken ones. The sample is drawn from torch's global generator (the
+                trainer's seed makes it reproducible). Needs a model without dropout (the replay groups
+                texts differently, so it cannot redraw the first pass's masks) and one process.
 
         References:
             - Sun et al., Enhancing Training Data Attribution with Representational Optimization,

@@ -206,6 +206,9 @@ def train_airrep(
     if preset.backward_fraction < 1 and (preset.dropout != 0 or not preset.mini_batch_size):
         raise UsageError("--backward_fraction below 1 re-embeds a sample of GradCache's texts: it needs --dropout 0 "
                          f"and a --mini_batch_size (got dropout {preset.dropout}, mini-batch {preset.mini_batch_size})")
+    if preset.backward_fraction < 1 and training_args.world_size > 1:
+        # Each process would take its own number of mini-batches, and DDP needs the same count everywhere.
+        raise UsageError("--backward_fraction below 1 trains in one process only; run without torchrun")
     for key, value in preset_training_arguments(preset, explicit).items():
         setattr(training_args, key, value)
     # The record and the card say what trains, flags included.

@@ -99,6 +99,19 @@ def test_two_process_torchrun_trains_and_its_result_loads(labels):
     assert AirRepModel.from_pretrained(output).encode("x").shape == (384,)
 
 
+@pytest.mark.slow
+def test_a_sampled_backward_refuses_several_processes(labels):
+    # Each process would replay its own number of mini-batches, and DDP needs the same count in all.
+    result = run_command(
+        ["-m", "torch.distributed.run", "--nproc_per_node", "2", "train_airrep.py",
+         "--preset", "smoke", "--labels", str(labels), "--output_dir", str(labels.parent / "model-ddp-sampled"),
+         "--backward_fraction", "0.5", "--dropout", "0"],
+        ACCELERATE_USE_CPU="1",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "--backward_fraction below 1 trains in one process only" in result.stderr
+
+
 def test_rows_favour_the_least_seen(labels):
     data = load_labels(str(labels))
     rows = sample_rows(data, [0, 1], queries_per_row=3, subsets_per_row=2, n_rows=16, seed=0)
@@ -400,7 +413,7 @@ def test_the_release_recipe_reaches_the_trainer_and_the_card(labels, tmp_path):
 
 
 def test_a_sampled_backward_trains_only_without_dropout(labels, tmp_path):
-    with pytest.raises(UsageError, match="--backward_fraction below 1 .* needs --dropout 0"):
+    with pytest.raises(UsageError, match=r"--backward_fraction below 1 .* needs --dropout 0"):
         main(["--preset", "smoke", "--labels", str(labels), "--output_dir", str(tmp_path / "m"),
               "--backward_fraction", "0.5"])  # fmt: skip
     output = tmp_path / "sampled"
