@@ -251,7 +251,8 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     # 0.25, 80 steps 39.3 attention, +13.0 [+7.3, +18.4] over it, paired (sum +7.8); the whole encoder
     # exact at lr 2e-4 for 37 steps 36.7 (+10.4; level with 0.25: +2.5 [-0.5, +5.5] attention, -2.4
     # [-5.4, +0.5] sum); fraction 0.1 (108 steps) 31.8; layers 3-5 with 0.25 / 0.5 32.5 / 29.3. 75
-    # steps keep the previous fallback's training time.
+    # steps keep the previous fallback's training time. On the bf16 path, lr 2e-4 with 0.25 for 270 steps
+    # scored -5.7 [-9.1, -2.3] attention against the preset on the bf16 labels' validation splits: not there.
     "demo": TrainPreset(queries_per_step=32, subsets_per_step=8, train_steps=120, validation_splits=2,
                         learning_rate=5e-5, frozen_layers=0, eval_steps=30, logging_steps=10, bf16=True, dropout=0.0,
                         fp32_fallback=TrainPreset(queries_per_step=32, subsets_per_step=8, train_steps=75,
