@@ -112,12 +112,12 @@ def main() -> None:
     setup: dict[str, float] = {}
     if bf16_available():
         variants["eager bf16"] = torch_runner(model, bf16=True)
-    single = torch_runner(model)
+    eager = variants["eager fp32"]
 
     def one_thread(features: dict) -> np.ndarray:
         torch.set_num_threads(1)
         try:
-            return single(features)
+            return eager(features)
         finally:
             torch.set_num_threads(threads)
 

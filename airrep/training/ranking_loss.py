@@ -7,7 +7,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin, _create_minibatch, _minibatch_ranges
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
 from configuration_airrep import GROUP_POOLINGS
@@ -198,11 +198,8 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
 
     def _forward_sampled(self, features: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
         """GradCache whose replay re-embeds only a sample of the texts (``backward_fraction``)."""
-        with torch.no_grad():
-            reps = torch.cat([
-                self.model(_create_minibatch(features, begin, end))["sentence_embedding"]
-                for begin, end in _minibatch_ranges(features, self.mini_batch_size)
-            ])  # fmt: skip
+        embedded = self.embed_minibatch_iter(features, with_grad=False, copy_random_state=False)
+        reps = torch.cat([reps_mb for reps_mb, _ in embedded])
         if not torch.is_grad_enabled():
             return self._loss(reps, labels)
         reps.requires_grad_()
@@ -218,15 +215,18 @@ class AirRepRankingLoss(CachedLossMixin, nn.Module):
 
     def _replay(self, features: dict[str, Tensor], taken: Tensor, weighted: Tensor, grad_output: Tensor) -> None:
         """Backward hook: re-embed the taken texts with gradients and pull their weighted gradients through."""
+        if not taken.numel():
+            return
         n = features["attention_mask"].shape[0]
         subset = {k: v[taken] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n else v
                   for k, v in features.items()}  # fmt: skip
+        start = 0
         with torch.enable_grad():
-            for begin, end in _minibatch_ranges(subset, self.mini_batch_size) if taken.numel() else []:
-                reps = self.model(_create_minibatch(subset, begin, end))["sentence_embedding"]
+            for reps, _ in self.embed_minibatch_iter(subset, with_grad=True, copy_random_state=False):
                 dtype = torch.promote_types(reps.dtype, torch.float32)  # bf16 autocast: take the product in fp32
-                surrogate = torch.dot(reps.flatten().to(dtype), weighted[begin:end].flatten().to(dtype))
-                (surrogate * grad_output).backward()
+                grads_mb = weighted[start : start + len(reps)]
+                (torch.dot(reps.flatten().to(dtype), grads_mb.flatten().to(dtype)) * grad_output).backward()
+                start += len(reps)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
