@@ -29,6 +29,9 @@ class LabelPreset:
     # mode lds: random halves of the pool scored on held-out test queries
     lds_subsets: int
     lds_queries: int
+    # Examples in each lds subset; 0 = half the pool (the datamodels' alpha = 0.5). Smaller subsets make
+    # each subset model cheaper when a pretrained target LM makes half the pool too costly.
+    lds_subset_size: int = 0
     # SFT of each subset model (airrep.labels.subset_training.SFTSettings: its defaults, by default)
     epochs: int = SFTSettings.epochs
     learning_rate: float = SFTSettings.learning_rate

@@ -17,7 +17,15 @@ every rung:
   twice over (vmap's output and the flattened copy), so the examples per vmap call shrink with the
   model to fit ``--gradient_memory_gib`` (one at a time at 0.5B). The projector's one-off build is
   recorded apart. It is timed in the first round only (it costs twice LoGra).
-- Both run the LM head only at response positions (``logits_to_keep``), as ``eval_lds.py`` does;
+- ``ekfac`` (with ``--ekfac``): EK-FAC influence through kronfluence, exactly as ``eval_lds.py`` runs it
+  (``airrep.evaluation.influence_functions.kronecker_influence``), on the first ``--ekfac_train`` examples
+  as the training set and the next ``--ekfac_queries`` as queries, first round only. EK-FAC stores no
+  per-example features: it fits the factors over the training set (covariances, eigendecompositions,
+  eigenvalue refit), then recomputes every training gradient once per pass of queries (as many queries
+  per pass as their full gradients fit in ``--gradient_memory_gib``). Its cost is therefore given for
+  the whole job, and its ratio to AirRep is that job against encoding the same training examples and
+  queries; it grows with the number of queries once they need more than one pass.
+- All run the LM head only at response positions (``logits_to_keep``), as ``eval_lds.py`` does;
   ``--compare-lm-head`` also times them with it run at every position (first round only).
 
 The AirRep side is ``AirRepModel.encode`` with the bundled all-MiniLM-L6-v2 (6 layers), in fp32 and in
@@ -38,6 +46,7 @@ its spread shows what the machine's variation does to it.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -46,6 +55,7 @@ import numpy as np
 import torch
 
 from airrep.evaluation.gradient_methods import GradientProjector, LoGra, examples_per_call, projected_gradients
+from airrep.evaluation.influence_functions import kronecker_influence
 from airrep.evaluation.ladder import all_crossings, cost_curve_plot
 from airrep.labels.ladder import QWEN25_05B, SMOLLM2_135M, rung_factor, scale_spec
 from airrep.labels.target_lm import IGNORE_INDEX, SFTExample, llama_config
@@ -147,7 +157,28 @@ class Rung:
                 _, seconds = timed(projected_gradients, self.model, params, self.examples, 0, projector, batch,
                                    f"grad-dot {self.name}, LM head everywhere", response_logits_only=False)  # fmt: skip
                 self.entry["grad-dot"]["seconds_per_example_lm_head_everywhere"] = seconds / n
+        if first and args.ekfac:
+            self.time_ekfac()
         print(json.dumps({"rung": self.name, "logra_seconds_per_example": self.logra_seconds[-1]}), flush=True)
+
+    def time_ekfac(self) -> None:
+        """One EK-FAC job (factors, then pair scores) on a copy: kronfluence wraps the model in place."""
+        args = self.args
+        train = self.examples[: args.ekfac_train]
+        queries = self.examples[args.ekfac_train : args.ekfac_train + args.ekfac_queries]
+        model = copy.deepcopy(self.model)
+        model.set_attn_implementation("sdpa")  # as eval_lds.py runs it: no vmap, so the fused attention
+        result = kronecker_influence(model, train, queries, 0, "ekfac", args.gradient_batch_size,
+                                     args.gradient_memory_gib)  # fmt: skip
+        total = result.fit_seconds + result.score_seconds
+        self.entry["ekfac"] = {
+            "train_examples": len(train), "queries": len(queries), "fit_seconds": result.fit_seconds,
+            "score_seconds": result.score_seconds, "total_seconds": total,
+            "seconds_per_example": total / (len(train) + len(queries)), "factor_bytes": result.factor_bytes,
+            "bytes_per_example": result.factor_bytes / len(train), "layers": result.n_tracked,
+            "kind": "measured", "rounds": 1,
+        }  # fmt: skip
+        print(json.dumps({"rung": self.name, "ekfac": self.entry["ekfac"]}), flush=True)
 
 
 def main() -> None:
@@ -166,6 +197,10 @@ def main() -> None:
     parser.add_argument("--skip_grad_dot", action="store_true", help="time LoGra only on the rungs")
     parser.add_argument("--gradient_memory_gib", type=float, default=6.0,
                         help="memory for per-example gradients; fewer examples per call beyond it")  # fmt: skip
+    parser.add_argument("--ekfac", action="store_true",
+                        help="also time one EK-FAC job through kronfluence per rung (first round only)")
+    parser.add_argument("--ekfac_train", type=int, default=64, help="EK-FAC's training examples (the first ones)")
+    parser.add_argument("--ekfac_queries", type=int, default=8, help="EK-FAC's queries (the next ones)")
     parser.add_argument("--compare-lm-head", action="store_true",
                         help="also time the gradient methods with the LM head at every position, not only at "
                              "response positions (the default)")  # fmt: skip
@@ -179,6 +214,8 @@ def main() -> None:
             except ValueError as error:
                 parser.error(f"{error}, or one of {', '.join(NAMED_RUNGS)}")
 
+    if args.ekfac and args.ekfac_train + args.ekfac_queries > args.n:
+        parser.error(f"--ekfac_train {args.ekfac_train} + --ekfac_queries {args.ekfac_queries} exceeds --n {args.n}")
     records = stdlib_records(args.n)
     texts = [format_text(r) for r in records][: args.n]
     minilm = AirRepModel.from_encoder()
@@ -225,6 +262,13 @@ def main() -> None:
         "rungs": [rung.entry for rung in rungs],
         "logra_over_encoder": ratios,
     }
+    if args.ekfac:  # a whole job against encoding its training examples and queries
+        for rung in rungs:
+            job = rung.entry["ekfac"]
+            figures.setdefault("ekfac_over_encoder", {})[rung.name] = {
+                name: job["total_seconds"] / (encoder["seconds_per_example"] * (job["train_examples"] + job["queries"]))
+                for name, encoder in encoders.items()
+            }
     figures["crossings"] = all_crossings(figures)
     print(json.dumps(figures["crossings"], indent=2))
     print(f"{'rung':>14} {'params':>12} {'logra s/ex':>11}  LoGra / encoder: median [min, max] over rounds")
@@ -232,6 +276,11 @@ def main() -> None:
         spread = "; ".join(f"{name} {r['median']:.1f}x [{min(r['rounds']):.1f}, {max(r['rounds']):.1f}]"
                            for name, r in ratios[rung.name].items())  # fmt: skip
         print(f"{rung.name:>14} {rung.n_params:>12,} {rung.entry['logra']['seconds_per_example']:>11.4f}  {spread}")
+    for name, per_encoder in figures.get("ekfac_over_encoder", {}).items():
+        job = next(r.entry["ekfac"] for r in rungs if r.name == name)
+        print(f"{name:>14} EK-FAC job ({job['train_examples']} training examples, {job['queries']} queries): "
+              f"{job['total_seconds']:.1f} s; over encoding them: "
+              + "; ".join(f"{encoder} {ratio:.1f}x" for encoder, ratio in per_encoder.items()))  # fmt: skip
     if args.output:
         write_json(args.output, figures)  # whole or not at all: run_ladder.sh reuses a saved curve
     if args.plot:

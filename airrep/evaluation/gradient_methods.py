@@ -10,6 +10,10 @@ example-to-example influence, so group scores pool exactly like AirRep's embeddi
 - ``tracin``: TracIn-CP (Pruthi et al., 2020): ``sum_c lr_c * g_q^c . g_i^c`` over the checkpoints
   at the end of each fine-tuning epoch, ``lr_c`` the epoch's mean learning rate. Concatenating
   ``sqrt(lr_c) * g^c`` over checkpoints turns that sum into one dot product.
+- ``grad-dot-lora``, ``grad-cos-lora``, ``tracin-lora``: the same three on the gradients of the LoRA
+  adapters only, where the labels' subset models train adapters (LESS, Xia et al., 2024, attributes
+  through the adapters of a LoRA fine-tune in the same way; its Adam preconditioning of training
+  gradients is not used here).
 - ``logra``: LoGra (Choe et al., 2024): each ``nn.Linear``'s per-example gradient
   ``sum_t delta_t x_t^T`` is projected with a Kronecker-factored random matrix,
   ``P_out^T (sum_t delta_t x_t^T) P_in = sum_t (P_out^T delta_t)(P_in^T x_t)^T``, computed from
@@ -39,7 +43,10 @@ from tqdm.auto import tqdm
 
 from airrep.labels.target_lm import SFTExample, collate, logits_at, response_positions, selects_logits, token_losses
 
-GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
+# grad-dot, grad-cos and TracIn again, on the LoRA adapters' gradients only (as LESS does), for labels
+# whose subset models train adapters.
+LORA_GRADIENT_METHODS = ("grad-dot-lora", "grad-cos-lora", "tracin-lora")
+GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra", *LORA_GRADIENT_METHODS)
 
 Params = dict[str, torch.Tensor]
 

@@ -224,14 +224,15 @@ def cost_curve_plot(curve: dict[str, Any], path: str | os.PathLike) -> None:
 
     rungs = sorted(curve["rungs"], key=lambda r: r["parameters"])
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for method, color in (("logra", "tab:red"), ("grad-dot", "tab:orange")):
+    for method, color in (("logra", "tab:red"), ("grad-dot", "tab:orange"), ("ekfac", "tab:purple")):
         measured = [r for r in rungs if method in r]
         if not measured:
             continue
         params = [r["parameters"] for r in measured]
         seconds = [r[method]["seconds_per_example"] for r in measured]
-        axis.plot(params, seconds, "-", color=color, label=f"{method} (TracIn: x checkpoints)" if method == "grad-dot"
-                  else method)  # fmt: skip
+        label = {"grad-dot": "grad-dot (TracIn: x checkpoints)",
+                 "ekfac": "EK-FAC (one job over its examples and queries)"}.get(method, method)  # fmt: skip
+        axis.plot(params, seconds, "-", color=color, label=label)
         for p, s, r in zip(params, seconds, measured, strict=True):
             bound = r[method].get("kind", "measured") != "measured"
             axis.plot(p, s, "o", color=color, markerfacecolor="white" if bound else color)
@@ -281,15 +282,19 @@ def cost_crossings(rungs: list[dict[str, Any]], method: str, reference_seconds: 
     return crossing
 
 
-def all_crossings(curve: dict[str, Any], methods: tuple[str, ...] = ("logra", "grad-dot")) -> dict[str, dict[str, Any]]:
-    """:func:`cost_crossings` of every gradient method against every encoder of a cost curve.
+def all_crossings(
+    curve: dict[str, Any], methods: tuple[str, ...] = ("logra", "grad-dot", "ekfac")
+) -> dict[str, dict[str, Any]]:
+    """:func:`cost_crossings` of every gradient method that some rung measured against every encoder of a
+    cost curve.
 
     ``curve`` is the JSON of ``benchmarks/bench_featurization_cost.py``: ``rungs`` and ``encoders``.
     Keys are ``"METHOD vs ENCODER"``.
     """
+    measured = [m for m in methods if any(m in rung for rung in curve["rungs"])]
     return {
         f"{method} vs {encoder}": cost_crossings(curve["rungs"], method, figures["seconds_per_example"])
-        for method in methods
+        for method in measured
         for encoder, figures in curve["encoders"].items()
     }
 

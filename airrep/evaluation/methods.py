@@ -32,6 +32,7 @@ from airrep.cli import UsageError
 from airrep.evaluation.data import EvalData
 from airrep.evaluation.gradient_methods import (
     GRADIENT_METHODS,
+    LORA_GRADIENT_METHODS,
     GradientProjector,
     LoGra,
     examples_per_call,
@@ -41,7 +42,7 @@ from airrep.evaluation.gradient_methods import (
 )
 from airrep.evaluation.influence_functions import KRONECKER_METHODS, kronecker_influence
 from airrep.evaluation.text_baselines import TEXT_METHODS, bm25_scores, tfidf_scores
-from airrep.labels.subset_training import SFTSettings, finetune
+from airrep.labels.subset_training import SFTSettings, finetune, finetune_adapters, merged_parameters
 from airrep.labels.target_lm import load_target_lm
 from airrep.outputs import digest_files
 from airrep.presets import EvalPreset
@@ -246,41 +247,63 @@ class GradientState:
         sft = SFTSettings.from_recipe(settings)
         self.pool = [sft.tokenize(tokenizer, r, self.model, i) for i, r in enumerate(pool_records)]
         self.queries = [sft.tokenize(tokenizer, r, self.model, i) for i, r in enumerate(query_records)]
-        self.checkpoints = finetune(self.model, self.pool, np.arange(len(self.pool)), preset.seed, sft, self.pad_id)
+        everything = np.arange(len(self.pool))
+        # Under LoRA the adapters are kept apart too, for the methods that read only them.
+        self.adapted: torch.nn.Module | None = None
+        self.adapter_checkpoints: list[tuple[dict[str, torch.Tensor], float]] = []
+        if sft.lora_rank:
+            self.adapted, self.adapter_checkpoints = finetune_adapters(self.model, self.pool, everything, preset.seed,
+                                                                       sft, self.pad_id)  # fmt: skip
+            self.checkpoints = [(merged_parameters(self.adapted, a), rate) for a, rate in self.adapter_checkpoints]
+        else:
+            self.checkpoints = finetune(self.model, self.pool, everything, preset.seed, sft, self.pad_id)
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft
         self.preset = preset
         self.dims = dims
         self.gradient_memory_gib = gradient_memory_gib
         self.n_params = sum(p.numel() for p in self.model.parameters())
-        self._projectors: list[GradientProjector] | None = None
-        self.projector_seconds: dict[int, float] = {}  # building each size's matrix, a one-off cost
-        self._projected: dict[int, dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
+        self.n_adapter_params = sum(p.numel() for p in self.adapter_checkpoints[0][0].values()) if sft.lora_rank else 0
+        # Keyed by the parameter set (True: the LoRA adapters only), then by size or checkpoint.
+        self._projectors: dict[bool, list[GradientProjector]] = {}
+        self.projector_seconds: dict[tuple[bool, int], float] = {}  # building each matrix, a one-off cost
+        self._projected: dict[tuple[bool, int], dict[int, tuple[np.ndarray, np.ndarray, float]]] = {}
         logger.info("fine-tuned %s on the %d-example pool in %.1f s", target, len(self.pool), self.setup_seconds)
 
-    def projected(self, checkpoint: int, dim: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Projected gradients ``(pool, queries, seconds)`` at one checkpoint and size.
+    def projected(self, checkpoint: int, dim: int, adapters: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+        """Projected gradients ``(pool, queries, seconds)`` at one checkpoint and size, of every weight or,
+        with ``adapters``, of the LoRA adapters only.
 
         The gradients at a checkpoint are computed once and projected to every size of the run;
         ``seconds`` is what featurizing at this size alone takes (the gradients plus its projection).
         """
-        if checkpoint not in self._projected:
-            if self._projectors is None:
-                self._projectors = []
+        key = (adapters, checkpoint)
+        if key not in self._projected:
+            n_features = self.n_adapter_params if adapters else self.n_params
+            if adapters not in self._projectors:
+                self._projectors[adapters] = []
                 for d in self.dims:
                     tic = time.perf_counter()
-                    self._projectors.append(GradientProjector(self.n_params, d, self.preset.seed))
-                    self.projector_seconds[d] = time.perf_counter() - tic
-            params = self.checkpoints[checkpoint][0]
-            size = examples_per_call(self.n_params, self.preset.gradient_batch_size, self.gradient_memory_gib)
-            pool, pool_seconds = project_gradients(self.model, params, self.pool, self.pad_id, self._projectors,
-                                                   size, "pool gradients")  # fmt: skip
-            queries, query_seconds = project_gradients(self.model, params, self.queries, self.pad_id,
-                                                       self._projectors, size, "query gradients")  # fmt: skip
-            self._projected[checkpoint] = {
+                    self._projectors[adapters].append(GradientProjector(n_features, d, self.preset.seed))
+                    self.projector_seconds[adapters, d] = time.perf_counter() - tic
+            model = self.adapted if adapters else self.model
+            params = (self.adapter_checkpoints if adapters else self.checkpoints)[checkpoint][0]
+            projectors = self._projectors[adapters]
+            size = examples_per_call(n_features, self.preset.gradient_batch_size, self.gradient_memory_gib)
+            pool, pool_seconds = project_gradients(model, params, self.pool, self.pad_id, projectors, size,
+                                                   "pool gradients")  # fmt: skip
+            queries, query_seconds = project_gradients(model, params, self.queries, self.pad_id, projectors, size,
+                                                       "query gradients")  # fmt: skip
+            self._projected[key] = {
                 d: (pool[k], queries[k], pool_seconds[k] + query_seconds[k]) for k, d in enumerate(self.dims)
             }
-        return self._projected[checkpoint][dim]
+        return self._projected[key][dim]
+
+    def parameter_set(self, adapters: bool) -> str:
+        """The weights a projected-gradient method differentiates, in words for its method details."""
+        if adapters:
+            return f"the {self.n_adapter_params:,} LoRA adapter weights ({self.sft.trained_parameters()})"
+        return f"every weight ({self.n_params:,})"
 
     def final_model(self) -> torch.nn.Module:
         model = copy.deepcopy(self.model)
@@ -318,20 +341,26 @@ class GradientState:
         fixes its k instead), for the pool and the queries."""
         shared_bytes = 0.0
         setup = self.setup_seconds
-        if name in ("grad-dot", "grad-cos"):
-            pool, queries, seconds = self.projected(len(self.checkpoints) - 1, d)
-            if name == "grad-cos":
+        adapters = name in LORA_GRADIENT_METHODS
+        if adapters and self.adapted is None:
+            raise ValueError(f"{name} needs SFT settings with LoRA adapters (lora_rank > 0)")
+        base = name.removesuffix("-lora")
+        weights = self.parameter_set(adapters)
+        if base in ("grad-dot", "grad-cos"):
+            pool, queries, seconds = self.projected(len(self.checkpoints) - 1, d, adapters)
+            if base == "grad-cos":
                 pool, queries = unit_rows(pool), unit_rows(queries)
-            what = "dot products" if name == "grad-dot" else "cosine similarities"
-            description = f"{what} of per-example gradients (sparse random projection to {d}) of the {self.about()}"
-        elif name == "tracin":
-            parts = [self.projected(c, d) for c in range(len(self.checkpoints))]
+            what = "dot products" if base == "grad-dot" else "cosine similarities"
+            description = (f"{what} of per-example gradients of {weights} (sparse random projection to {d}) of the "
+                           f"{self.about()}")  # fmt: skip
+        elif base == "tracin":
+            parts = [self.projected(c, d, adapters) for c in range(len(self.checkpoints))]
             rates = [rate for _, rate in self.checkpoints]
             pool = tracin_features([p[0] for p in parts], rates)
             queries = tracin_features([p[1] for p in parts], rates)
             seconds = sum(p[2] for p in parts)
-            description = (f"TracIn-CP over {len(parts)} end-of-epoch checkpoints, each gradient projected to {d}, "
-                           f"weighted by the epoch's mean learning rate; {self.about()}")  # fmt: skip
+            description = (f"TracIn-CP over {len(parts)} end-of-epoch checkpoints, each gradient of {weights} "
+                           f"projected to {d}, weighted by the epoch's mean learning rate; {self.about()}")  # fmt: skip
         elif name in KRONECKER_METHODS:
             return self.influence_function(name)
         else:
@@ -351,7 +380,7 @@ class GradientState:
                            f"({logra.dim} numbers), damped empirical-Fisher preconditioning "
                            f"({self.preset.logra_damping} x mean eigenvalue); {self.about()}")  # fmt: skip
         if name != "logra":
-            setup += self.projector_seconds[d]
+            setup += self.projector_seconds[adapters, d]
         bytes_per_example = pool.shape[1] * pool.itemsize + shared_bytes / len(pool)
         return Featurized("gradient", description, seconds, bytes_per_example, queries, pool,
                           setup_seconds=setup)  # fmt: skip

@@ -28,7 +28,7 @@ import numpy as np
 
 from airrep.cli import UsageError
 from airrep.evaluation.data import EvalData, labels_noise_ceiling, load_eval_data
-from airrep.evaluation.gradient_methods import GRADIENT_METHODS
+from airrep.evaluation.gradient_methods import GRADIENT_METHODS, LORA_GRADIENT_METHODS
 from airrep.evaluation.methods import (
     METHODS,
     TARGET_LM_METHODS,
@@ -64,7 +64,7 @@ class EvalArguments:
     )
     methods: list[str] = field(
         default_factory=list,
-        metadata={"help": f"Methods to score, from {', '.join(METHODS)}. Default: all ('airrep' only with --model)."},
+        metadata={"help": f"Methods to score, from {', '.join(METHODS)}. Default: all ('airrep' only with --model; the -lora ones only for labels made with LoRA)."},
     )
     poolings: list[str] = field(
         default_factory=lambda: list(DEFAULT_POOLINGS),
@@ -249,6 +249,12 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
     """Score every method ``args`` asks for (resuming in ``args.output_dir``); the ``results.json`` content."""
     preset, methods, dims = check_arguments(args)
     data = load_eval_data(args.labels)
+    if not (data.summary.get("settings") or {}).get("lora_rank"):  # full fine-tuning: no adapters to read
+        asked = [m for m in args.methods if m in LORA_GRADIENT_METHODS]
+        if asked:
+            raise UsageError(f"{', '.join(asked)} read the subset models' LoRA adapters, but {args.labels} was "
+                             f"made with full fine-tuning (generate_labels.py --lora_rank 0)")  # fmt: skip
+        methods = [m for m in methods if m not in LORA_GRADIENT_METHODS]
     folder = Path(args.output_dir)
     airrep_names = method_names(args.model)
     settings = {"labels": data.fingerprint, "preset": asdict(preset), "poolings": args.poolings,

@@ -282,7 +282,8 @@ def card(summary: dict[str, Any], configs: dict[str, str]) -> str:
             f"queries and trains {s['subsets_per_split']} subsets of {s['train_subset_size']} drawn from the rest."
         )
     else:
-        design = f"{s['lds_subsets']} random halves of the pool, scored on {s['lds_queries']} held-out test queries."
+        subsets = f"subsets of {s['lds_subset_size']}" if s.get("lds_subset_size") else "halves"
+        design = f"{s['lds_subsets']} random {subsets} of the pool, scored on {s['lds_queries']} held-out test queries."
     warm_start = summary["corpus"].get("warm_start")
     warm_start = f"; warm-started on {warm_start}" if warm_start else ""
     return f"""{card_header(configs)}

@@ -89,7 +89,10 @@ class LabelArguments:
     queries_per_split: int | None = field(default=None, metadata={"help": "Override (train mode)."})
     subsets_per_split: int | None = field(default=None, metadata={"help": "Override (train mode)."})
     train_subset_size: int | None = field(default=None, metadata={"help": "Override (train mode)."})
-    lds_subsets: int | None = field(default=None, metadata={"help": "Override (lds mode): number of halves."})
+    lds_subsets: int | None = field(default=None, metadata={"help": "Override (lds mode): number of subsets."})
+    lds_subset_size: int | None = field(
+        default=None, metadata={"help": "Override (lds mode): examples per subset (0 = half the pool, the default)."}
+    )
     lds_queries: int | None = field(default=None, metadata={"help": "Override (lds mode): test queries."})
     epochs: int | None = field(default=None, metadata={"help": "Override: SFT epochs per subset."})
     learning_rate: float | None = field(default=None, metadata={"help": "Override: SFT AdamW learning rate."})
@@ -257,10 +260,13 @@ def make_plan(mode: str, preset: LabelPreset, n_pool: int, n_test: int) -> tuple
             raise UsageError(f"{preset.lds_queries} lds queries asked for, but the test split has only {n_test}")
         if n_pool < 2:
             raise UsageError(f"the pool has {n_pool} example(s); random halves need at least 2")
+        size = preset.lds_subset_size or n_pool // 2
+        if not 0 < size < n_pool:
+            raise UsageError(f"--lds_subset_size must be between 1 and {n_pool - 1} (the pool's size - 1), got {size}")
         query_source = np.sort(rng.permutation(n_test)[: preset.lds_queries])
         query_rows = np.arange(preset.lds_queries)
         for j in range(preset.lds_subsets):
-            subset = np.sort(rng.choice(n_pool, size=n_pool // 2, replace=False))
+            subset = np.sort(rng.choice(n_pool, size=size, replace=False))
             pairs.append(Pair(f"lds-{j:04d}", 0, subset, query_rows, int(rng.integers(2**31))))
     if preset.noise_ceiling > len(pairs):
         raise UsageError(f"--noise_ceiling {preset.noise_ceiling} exceeds the {len(pairs)} subsets of the plan")
@@ -296,6 +302,8 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
     recipe.pop("corpus")  # named by the corpus fingerprint below (and absent from folders made before it existed)
+    if not recipe["lds_subset_size"]:  # halves: recorded as before the option existed, so older folders resume
+        recipe.pop("lds_subset_size")
     if not recipe["lora_rank"]:  # full fine-tuning: recorded as before LoRA existed, so older folders resume
         for name in LORA_FIELDS:
             recipe.pop(name)

@@ -425,7 +425,8 @@ def train_and_score(
     return train_and_evaluate(model, pool, queries, subsets, query_sets, seeds, settings, pad_id).losses
 
 
-def finetune(
+def _epoch_checkpoints(
+    trained: torch.nn.Module,
     model: torch.nn.Module,
     pool: Sequence[SFTExample],
     subset: np.ndarray,
@@ -433,19 +434,12 @@ def finetune(
     settings: SFTSettings,
     pad_id: int,
 ) -> list[tuple[dict[str, torch.Tensor], float]]:
-    """Fine-tune one copy of ``model`` on ``pool[subset]`` exactly as a subset model is trained.
-
-    Returns:
-        One ``(parameters, mean learning rate of the epoch)`` checkpoint per epoch, taken at the end
-        of the epoch; the last is the fine-tuned model. ``model`` itself is not changed. Under LoRA the
-        parameters are the merged full weights (:func:`merged_parameters`), named as in ``model``.
-    """
+    """Fine-tune ``trained``'s trainable parameters on ``pool[subset]`` as one subset model; their values
+    and the epoch's mean learning rate at the end of every epoch. ``model`` (the target LM) stays as it is."""
     checkpoints: list[tuple[dict[str, torch.Tensor], float]] = []
-    trained = with_lora(model, settings) if settings.lora_rank else model
 
     def keep(_epoch: int, params: dict[str, torch.Tensor], rate: float) -> None:
-        weights = {name: p[0] for name, p in params.items()}
-        checkpoints.append((merged_parameters(trained, weights) if settings.lora_rank else weights, rate))
+        checkpoints.append(({name: p[0] for name, p in params.items()}, rate))  # already copies
 
     was_training = model.training
     model.eval()
@@ -462,3 +456,42 @@ def finetune(
     finally:
         model.train(was_training)
     return checkpoints
+
+
+def finetune(
+    model: torch.nn.Module,
+    pool: Sequence[SFTExample],
+    subset: np.ndarray,
+    seed: int,
+    settings: SFTSettings,
+    pad_id: int,
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """Fine-tune one copy of ``model`` on ``pool[subset]`` exactly as a subset model is trained.
+
+    Returns:
+        One ``(parameters, mean learning rate of the epoch)`` checkpoint per epoch, taken at the end
+        of the epoch; the last is the fine-tuned model. ``model`` itself is not changed. Under LoRA the
+        parameters are the merged full weights (:func:`merged_parameters`), named as in ``model``.
+    """
+    if settings.lora_rank:
+        adapted, checkpoints = finetune_adapters(model, pool, subset, seed, settings, pad_id)
+        return [(merged_parameters(adapted, adapters), rate) for adapters, rate in checkpoints]
+    return _epoch_checkpoints(model, model, pool, subset, seed, settings, pad_id)
+
+
+def finetune_adapters(
+    model: torch.nn.Module,
+    pool: Sequence[SFTExample],
+    subset: np.ndarray,
+    seed: int,
+    settings: SFTSettings,
+    pad_id: int,
+) -> tuple[torch.nn.Module, list[tuple[dict[str, torch.Tensor], float]]]:
+    """:func:`finetune` under LoRA, keeping the adapters apart: the adapted copy of ``model``
+    (:func:`with_lora`, its adapters at their initial values) and one ``(adapter values, mean learning
+    rate of the epoch)`` checkpoint per epoch, named as in that copy. Gradient methods that read only
+    the adapters, as LESS does, differentiate the copy at those values."""
+    if not settings.lora_rank:
+        raise ValueError("finetune_adapters needs LoRA settings (lora_rank > 0)")
+    adapted = with_lora(model, settings)
+    return adapted, _epoch_checkpoints(adapted, model, pool, subset, seed, settings, pad_id)

@@ -17,7 +17,13 @@ from scipy.stats import spearmanr
 from transformers import LlamaForCausalLM
 
 from airrep.evaluation import EvalArguments, evaluate, load_eval_data
-from airrep.evaluation.ladder import LadderReportArguments, ReportMismatchError, cost_crossings, parse_rungs
+from airrep.evaluation.ladder import (
+    LadderReportArguments,
+    ReportMismatchError,
+    all_crossings,
+    cost_crossings,
+    parse_rungs,
+)
 from airrep.evaluation.ladder import build_ladder_report as build
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as generate
@@ -75,6 +81,15 @@ def test_cost_crossing_is_interpolated_in_log_parameters():
     assert crossing["cheaper_than_reference_on"] == ["a"] and crossing["dearer_on"] == ["b", "c"]
     never = cost_crossings(rungs, "m", 0.1)
     assert never["crossing_parameters"] is None and never["cheaper_than_reference_on"] == []
+    # Every method some rung measured, against every encoder; a method no rung measured is left out.
+    curve = {"rungs": [{"rung": "a", "parameters": 1e6, "logra": {"seconds_per_example": 0.5}},
+                       {"rung": "b", "parameters": 1e8, "logra": {"seconds_per_example": 2.0},
+                        "ekfac": {"seconds_per_example": 4.0}}],
+             "encoders": {"e1": {"seconds_per_example": 1.0}, "e2": {"seconds_per_example": 0.1}}}  # fmt: skip
+    crossings = all_crossings(curve)
+    assert list(crossings) == ["logra vs e1", "logra vs e2", "ekfac vs e1", "ekfac vs e2"]
+    assert crossings["logra vs e1"]["crossing_parameters"] == pytest.approx(1e7)
+    assert crossings["ekfac vs e1"]["dearer_on"] == ["b"]
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +221,7 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
         "FACTORS": "1 10",
         "DIMS": "16 24",
         "COST_RUNGS": "x1 x10",
-        "COST_ARGS": "--n 4 --rounds 1 --logra_dim 64 --projection_dim 64",
+        "COST_ARGS": "--n 4 --rounds 1 --logra_dim 64 --projection_dim 64 --ekfac --ekfac_train 3 --ekfac_queries 1",
         "PYTHON": sys.executable,
     }
     result = subprocess.run(["bash", "benchmarks/run_ladder.sh"], cwd=repo, env=env, capture_output=True, text=True)
@@ -216,6 +231,15 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
     gradient = {f"{m}@{d}" for m in ("grad-dot", "grad-cos", "tracin", "logra") for d in (16, 24)}
     assert set(ladder["rungs"]["x10"]["methods"]) == {"airrep", "base-encoder", "bm25", "tfidf", *gradient}
     assert [r["rung"] for r in ladder["cost_curve"]["rungs"]] == ["x1", "x10"]
+    for rung in ladder["cost_curve"]["rungs"]:  # one EK-FAC job per rung: 3 training examples, 1 query
+        job = rung["ekfac"]
+        assert (job["train_examples"], job["queries"]) == (3, 1) and job["factor_bytes"] > 0
+        assert job["seconds_per_example"] == pytest.approx((job["fit_seconds"] + job["score_seconds"]) / 4)
+        minilm = ladder["cost_curve"]["encoders"]["airrep_minilm"]["seconds_per_example"]
+        assert ladder["cost_curve"]["ekfac_over_encoder"][rung["rung"]]["airrep_minilm"] == pytest.approx(
+            job["total_seconds"] / (4 * minilm)
+        )
+    assert "ekfac vs airrep_minilm" in ladder["cost_curve"]["crossings"]
     assert ladder["rungs"]["x10"]["parameters"] > ladder["rungs"]["x1"]["parameters"]
     for name in ("frontier-x1.png", "frontier-x10.png", "cost_curve.png", "ladder.md"):
         assert (tmp_path / "ladder" / "report" / name).is_file()

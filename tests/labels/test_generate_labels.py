@@ -138,6 +138,20 @@ def test_a_bf16_preset_runs_bf16_where_the_kernels_exist_unless_told_otherwise(w
     assert one != two and np.allclose(one, two, atol=0.1)  # autocast ran, and differs by rounding only
 
 
+def test_lds_subsets_of_a_chosen_size(work):
+    folder = work / "labels-lds-quarters"
+    run(LabelArguments(output_dir=str(folder), preset="smoke", mode="lds", lds_subsets=3, lds_subset_size=16,
+                       noise_ceiling=0))  # fmt: skip
+    labels = load(folder, "labels")
+    assert [len(set(row)) for row in labels["subset"]] == [16, 16, 16]
+    assert "3 random subsets of 16 of the pool" in (folder / "README.md").read_text()
+    # The default (half the pool) is recorded as before the option existed, so older folders resume.
+    assert "lds_subset_size" not in json.loads((work / "labels-lds" / "generation_settings.json").read_text())["preset"]
+    assert json.loads((folder / "generation_settings.json").read_text())["preset"]["lds_subset_size"] == 16
+    with pytest.raises(ValueError, match=r"--lds_subset_size must be between 1 and 63 \(the pool's size - 1\), got 64"):
+        run(LabelArguments(output_dir=str(work / "labels-lds-whole"), preset="smoke", mode="lds", lds_subset_size=64))
+
+
 def test_the_bf16_flag_parses_like_a_bool_flag_and_defaults_to_the_preset():
     from transformers import HfArgumentParser
 

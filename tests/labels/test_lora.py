@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_target
+from transformers import AutoModelForCausalLM
 from torch.func import functional_call
 
-from airrep.labels.subset_training import SFTSettings, finetune, train_and_score, with_lora
+from airrep.evaluation.gradient_methods import per_example_gradients
+from airrep.labels.subset_training import (
+    SFTSettings,
+    finetune,
+    finetune_adapters,
+    merged_parameters,
+    train_and_score,
+    with_lora,
+)
 from airrep.labels.target_lm import collate, response_losses
 
 SETTINGS = SFTSettings(epochs=2, batch_size=8, learning_rate=1e-2, lora_rank=4, lora_alpha=8.0, lora_seed=3)
@@ -118,6 +127,39 @@ def test_finetune_under_lora_returns_merged_weights_with_the_base_unchanged(tiny
         torch.testing.assert_close(weights[name], merged[name], rtol=1e-5, atol=1e-6)
 
 
+def test_adapter_gradients_are_those_of_the_fine_tuned_lora_model(tiny):
+    """What grad-dot-lora and its kin differentiate: the adapters finetune_adapters returns, in the adapted model."""
+    model, pad_id, pool, queries = tiny
+    subset = np.arange(20)
+    adapted, checkpoints = finetune_adapters(model, pool, subset, 9, SETTINGS, pad_id)
+    adapters, _ = checkpoints[-1]
+    assert len(checkpoints) == SETTINGS.epochs
+    assert set(adapters) == {n for n, p in adapted.named_parameters() if p.requires_grad} and all("lora_" in n for n in adapters)
+    merged = finetune(model, pool, subset, 9, SETTINGS, pad_id)[-1][0]  # the same run, merged
+    for name, weight in merged_parameters(adapted, adapters).items():
+        torch.testing.assert_close(weight, merged[name], rtol=0, atol=0)
+    # One plain backward per example through the adapted model carrying the final adapters.
+    reference = copy.deepcopy(adapted)
+    reference.set_attn_implementation("eager")
+    lora = {n: p for n, p in reference.named_parameters() if n in adapters}
+    with torch.no_grad():
+        for name, parameter in lora.items():
+            parameter.copy_(adapters[name])
+    expected = []
+    for example in queries[:5]:
+        reference.zero_grad()
+        ids, labels = collate([example], pad_id)
+        summed, count = response_losses(reference(input_ids=ids).logits, labels)
+        (summed[0] / count[0]).backward()
+        expected.append(torch.cat([lora[name].grad.reshape(-1) for name in adapters]))
+    expected = torch.stack(expected)
+    got = per_example_gradients(reference, adapters, queries[:5], pad_id)
+    assert got.shape == (5, sum(a.numel() for a in adapters.values()))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    with pytest.raises(ValueError, match="needs LoRA settings"):
+        finetune_adapters(model, pool, subset, 9, dataclasses.replace(SETTINGS, lora_rank=0), pad_id)
+
+
 def test_adapters_in_the_top_layer_only_train_only_it_as_peft_does(tiny):
     model, pad_id, pool, queries = tiny
     top = dataclasses.replace(SETTINGS, lora_layers=1)
@@ -161,3 +203,19 @@ def test_generate_labels_with_lora_records_what_was_trained(tmp_path):
     # Another rank is another recipe: the folder refuses to mix them.
     with pytest.raises(ValueError, match="refusing to mix"):
         generate_labels(dataclasses.replace(args, lora_rank=4))
+
+    # The gradient methods on the adapters name their parameter set; full grad-dot names its own.
+    from airrep.evaluation import EvalArguments, evaluate
+
+    results = evaluate(EvalArguments(labels=str(tmp_path / "labels-lds"), output_dir=str(tmp_path / "report"),
+                                     methods=["grad-dot-lora", "tracin-lora", "grad-dot"], projection_dim=[16]))  # fmt: skip
+    assert results["errors"] == {} and list(results["methods"]) == ["grad-dot-lora", "tracin-lora", "grad-dot"]
+    details = results["method_details"]
+    target = with_lora(AutoModelForCausalLM.from_pretrained(summary["target_lm"]),
+                       SFTSettings.from_recipe(summary["settings"]))  # fmt: skip
+    n_adapters = sum(p.numel() for n, p in target.named_parameters() if "lora_" in n)
+    assert f"of the {n_adapters:,} LoRA adapter weights (LoRA adapters only (peft): rank 2" in details["grad-dot-lora"]["description"]
+    assert "LoRA adapter weights" in details["tracin-lora"]["description"] and details["tracin-lora"]["dim"] == 16 * 1
+    assert f"of every weight ({summary['target_lm_parameters']:,})" in details["grad-dot"]["description"]
+    scores = {name: np.load(tmp_path / "report" / "scores" / f"{name}.sum.npy") for name in ("grad-dot-lora", "grad-dot")}
+    assert not np.allclose(scores["grad-dot-lora"], scores["grad-dot"])
