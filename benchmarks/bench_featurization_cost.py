@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--gradient_memory_gib", type=float, default=6.0,
                         help="memory for per-example gradients; fewer examples per call beyond it")  # fmt: skip
     parser.add_argument("--ekfac", action="store_true",
-                        help="also time one EK-FAC job through kronfluence per rung (first round only)")
+                        help="also time one EK-FAC job through kronfluence per rung (first round only)")  # fmt: skip
     parser.add_argument("--ekfac_train", type=int, default=64, help="EK-FAC's training examples (the first ones)")
     parser.add_argument("--ekfac_queries", type=int, default=8, help="EK-FAC's queries (the next ones)")
     parser.add_argument("--compare-lm-head", action="store_true",

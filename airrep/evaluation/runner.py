@@ -64,8 +64,9 @@ class EvalArguments:
     )
     methods: list[str] = field(
         default_factory=list,
-        metadata={"help": f"Methods to score, from {', '.join(METHODS)}. Default: all ('airrep' only with --model; the -lora ones only for labels made with LoRA)."},
-    )
+        metadata={"help": f"Methods to score, from {', '.join(METHODS)}. Default: all ('airrep' only with --model; "
+                          "the -lora ones only for labels made with LoRA)."},
+    )  # fmt: skip
     poolings: list[str] = field(
         default_factory=lambda: list(DEFAULT_POOLINGS),
         metadata={"help": f"Group poolings, from {GROUP_POOLINGS}; 'softmax' is the AirRep authors' evaluation "

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_target
-from transformers import AutoModelForCausalLM
 from torch.func import functional_call
+from transformers import AutoModelForCausalLM
 
 from airrep.evaluation.gradient_methods import per_example_gradients
 from airrep.labels.subset_training import (
@@ -134,7 +134,8 @@ def test_adapter_gradients_are_those_of_the_fine_tuned_lora_model(tiny):
     adapted, checkpoints = finetune_adapters(model, pool, subset, 9, SETTINGS, pad_id)
     adapters, _ = checkpoints[-1]
     assert len(checkpoints) == SETTINGS.epochs
-    assert set(adapters) == {n for n, p in adapted.named_parameters() if p.requires_grad} and all("lora_" in n for n in adapters)
+    assert set(adapters) == {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in adapters)
     merged = finetune(model, pool, subset, 9, SETTINGS, pad_id)[-1][0]  # the same run, merged
     for name, weight in merged_parameters(adapted, adapters).items():
         torch.testing.assert_close(weight, merged[name], rtol=0, atol=0)
@@ -207,15 +208,18 @@ def test_generate_labels_with_lora_records_what_was_trained(tmp_path):
     # The gradient methods on the adapters name their parameter set; full grad-dot names its own.
     from airrep.evaluation import EvalArguments, evaluate
 
-    results = evaluate(EvalArguments(labels=str(tmp_path / "labels-lds"), output_dir=str(tmp_path / "report"),
-                                     methods=["grad-dot-lora", "tracin-lora", "grad-dot"], projection_dim=[16]))  # fmt: skip
-    assert results["errors"] == {} and list(results["methods"]) == ["grad-dot-lora", "tracin-lora", "grad-dot"]
+    methods = ["grad-dot-lora", "tracin-lora", "grad-dot"]
+    report = tmp_path / "report"
+    results = evaluate(EvalArguments(labels=str(tmp_path / "labels-lds"), output_dir=str(report), methods=methods,
+                                     projection_dim=[16]))  # fmt: skip
+    assert results["errors"] == {} and list(results["methods"]) == methods
     details = results["method_details"]
     target = with_lora(AutoModelForCausalLM.from_pretrained(summary["target_lm"]),
                        SFTSettings.from_recipe(summary["settings"]))  # fmt: skip
     n_adapters = sum(p.numel() for n, p in target.named_parameters() if "lora_" in n)
-    assert f"of the {n_adapters:,} LoRA adapter weights (LoRA adapters only (peft): rank 2" in details["grad-dot-lora"]["description"]
+    named = f"of the {n_adapters:,} LoRA adapter weights (LoRA adapters only (peft): rank 2"
+    assert named in details["grad-dot-lora"]["description"]
     assert "LoRA adapter weights" in details["tracin-lora"]["description"] and details["tracin-lora"]["dim"] == 16 * 1
     assert f"of every weight ({summary['target_lm_parameters']:,})" in details["grad-dot"]["description"]
-    scores = {name: np.load(tmp_path / "report" / "scores" / f"{name}.sum.npy") for name in ("grad-dot-lora", "grad-dot")}
+    scores = {name: np.load(report / "scores" / f"{name}.sum.npy") for name in ("grad-dot-lora", "grad-dot")}
     assert not np.allclose(scores["grad-dot-lora"], scores["grad-dot"])
