@@ -58,6 +58,9 @@ class LabelPreset:
     corpus_seed: int = 1234
     # The corpus when --corpus is not given (airrep.labels.generation.BUILTIN_CORPORA).
     corpus: str = "builtin:synthetic"
+    # The target LM when --target_lm is not given: a folder, Hub id or builtin:NAME of a pretrained causal
+    # LM (airrep.labels.target_lm.PACKAGED_LMS); None builds the small Llama that ``target_lm`` describes.
+    pretrained_lm: str | None = None
 
 
 LABEL_PRESETS: dict[str, LabelPreset] = {

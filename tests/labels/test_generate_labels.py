@@ -152,6 +152,18 @@ def test_lds_subsets_of_a_chosen_size(work):
         run(LabelArguments(output_dir=str(work / "labels-lds-whole"), preset="smoke", mode="lds", lds_subset_size=64))
 
 
+def test_a_preset_may_name_a_pretrained_target_lm(work, monkeypatch):
+    from airrep.presets import LABEL_PRESETS
+
+    target = str(work / "target-lm")  # the smoke run's target LM, as any pretrained model folder
+    monkeypatch.setitem(LABEL_PRESETS, "smoke", dataclasses.replace(LABEL_PRESETS["smoke"], pretrained_lm=target))
+    small = dict(preset="smoke", mode="lds", lds_subsets=2, noise_ceiling=0)
+    summary = run(LabelArguments(output_dir=str(work / "labels-preset-lm"), **small))
+    assert summary["target_lm"] == target and summary["corpus"].get("warm_start") is None
+    with pytest.raises(ValueError, match=f"--target_lm_scale grows the built-in target LM; it cannot apply to {target}"):
+        run(LabelArguments(output_dir=str(work / "labels-preset-lm-x10"), target_lm_scale=10, **small))
+
+
 def test_the_bf16_flag_parses_like_a_bool_flag_and_defaults_to_the_preset():
     from transformers import HfArgumentParser
 
