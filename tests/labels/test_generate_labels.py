@@ -160,7 +160,7 @@ def test_a_preset_may_name_a_pretrained_target_lm(work, monkeypatch):
     small = dict(preset="smoke", mode="lds", lds_subsets=2, noise_ceiling=0)
     summary = run(LabelArguments(output_dir=str(work / "labels-preset-lm"), **small))
     assert summary["target_lm"] == target and summary["corpus"].get("warm_start") is None
-    with pytest.raises(ValueError, match=f"--target_lm_scale grows the built-in target LM; it cannot apply to {target}"):
+    with pytest.raises(ValueError, match=f"grows the built-in target LM; it cannot apply to {target}"):
         run(LabelArguments(output_dir=str(work / "labels-preset-lm-x10"), target_lm_scale=10, **small))
 
 
