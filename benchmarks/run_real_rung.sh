@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The real rung (issue 24): SmolLM2-135M-Instruct, LoRA-tuned on the real-text corpus, as the target LM.
+# Every step resumes in its output folder, so a rerun after an interruption (or in a later session)
+# redoes nothing that finished. The steps, each a few hours at most on 2 CPU cores:
+#
+#   labels   the lds labels (--preset smollm2): random subsets, their LoRA models' losses on held-out
+#            test queries, and twins for the noise ceiling
+#   eval     every method on those labels: the lexical ones, the untrained encoder, the gradient methods
+#            (every weight, and the LoRA adapters only) at each projection size, EK-FAC, and every
+#            AirRep checkpoint in MODELS
+#   report   paired differences against the best AirRep (BEST), the label structure, the frontier plot
+#            and the cost ratio of AirRep against LoGra and EK-FAC at this size
+#
+#   bash benchmarks/run_real_rung.sh labels
+#   MODELS="out/demo/model out/realtext/model-s120" bash benchmarks/run_real_rung.sh eval
+#   BEST=airrep-model bash benchmarks/run_real_rung.sh report
+#
+# Environment:
+#   OUT      folder of the corpus, the converted SmolLM2, labels and reports (default out/real)
+#   MODELS   AirRep checkpoints to score (default: none)
+#   BEST     the report's name of the AirRep checkpoint chosen on validation splits (for `report`)
+#   DIMS     gradient projection sizes (default "384 4096 18432")
+#   PYTHON   interpreter (default .venv/bin/python)
+set -euo pipefail
+
+OUT=${OUT:-out/real}
+DIMS=${DIMS:-"384 4096 18432"}
+PYTHON=${PYTHON:-.venv/bin/python}
+read -r -a dims <<<"$DIMS"
+read -r -a models <<<"${MODELS:-}"
+labels=$OUT/labels-lds
+
+case ${1:-} in
+  labels)
+    "$PYTHON" generate_labels.py --preset smollm2 --mode lds --output_dir "$labels"
+    ;;
+  eval)
+    # One run for the methods of the target LM: the whole-pool fine-tune and each gradient are computed
+    # once and projected to every size in DIMS.
+    "$PYTHON" eval_lds.py --preset demo --labels "$labels" --output_dir "$OUT/report" \
+      --methods base-encoder bm25 tfidf grad-dot grad-cos tracin logra grad-dot-lora grad-cos-lora tracin-lora ekfac \
+      --projection_dim "${dims[@]}"
+    if ((${#models[@]})); then
+      "$PYTHON" eval_lds.py --preset demo --labels "$labels" --output_dir "$OUT/report-airrep" \
+        --methods airrep --model "${models[@]}"
+    fi
+    ;;
+  report)
+    : "${BEST:?name the AirRep checkpoint chosen on validation, as its report names it}"
+    methods=("$OUT/report-airrep:$BEST")
+    for name in $("$PYTHON" -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["methods"]))' \
+      "$OUT/report/results.json"); do
+      methods+=("$OUT/report:$name")
+    done
+    "$PYTHON" -m airrep.evaluation.compare_reports --labels "$labels" --methods "${methods[@]}" \
+      --output "$OUT/paired.json"
+    "$PYTHON" -m airrep.evaluation.label_structure --labels "$labels" --columns task source category targets \
+      --report "$OUT/report" --by task --output "$OUT/label-structure.json"
+    PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --rungs smollm2-135m --ekfac \
+      --output "$OUT/cost.json"
+    "$PYTHON" ladder_report.py --output_dir "$OUT/ladder" --rung "smollm2-135m=$OUT/report,$OUT/report-airrep" \
+      --cost_curve "$OUT/cost.json"
+    echo "real rung: $OUT/ladder/ladder.md"
+    ;;
+  *)
+    echo "usage: bash benchmarks/run_real_rung.sh labels|eval|report (see the top of the script)" >&2
+    exit 2
+    ;;
+esac
