@@ -21,32 +21,46 @@
 #   BEST     the report's name of the AirRep checkpoint chosen on validation splits (for `report`)
 #   DIMS     gradient projection sizes (default "384 4096 18432")
 #   PYTHON   interpreter (default .venv/bin/python)
+# and, to run the same steps at another size (the test runs them at smoke size):
+#   PRESET, LABEL_ARGS   label preset (default smollm2) and more generate_labels.py flags (default none)
+#   EVAL_PRESET          eval_lds.py preset (default demo)
+#   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 14)
+#   COLUMNS              metadata columns for the label structure (default "task source category targets")
+#   RUNG, COST_ARGS      the rung's name in the ladder report (default smollm2-135m) and the flags of
+#                        bench_featurization_cost.py (default "--rungs smollm2-135m --ekfac"); a saved
+#                        cost JSON is reused unless REDO_COST=1
 set -euo pipefail
 
 OUT=${OUT:-out/real}
 DIMS=${DIMS:-"384 4096 18432"}
 PYTHON=${PYTHON:-.venv/bin/python}
+PRESET=${PRESET:-smollm2}
+EVAL_PRESET=${EVAL_PRESET:-demo}
+RUNG=${RUNG:-smollm2-135m}
 read -r -a dims <<<"$DIMS"
 read -r -a models <<<"${MODELS:-}"
+read -r -a label_args <<<"${LABEL_ARGS:-}"
+read -r -a cost_args <<<"${COST_ARGS:---rungs smollm2-135m --ekfac}"
+read -r -a columns <<<"${COLUMNS:-task source category targets}"
 labels=$OUT/labels-lds
 
 case ${1:-} in
   labels)
-    "$PYTHON" generate_labels.py --preset smollm2 --mode lds --output_dir "$labels"
+    "$PYTHON" generate_labels.py --preset "$PRESET" --mode lds --output_dir "$labels" "${label_args[@]}"
     ;;
   eval)
     # One run for the methods of the target LM: the whole-pool fine-tune and each gradient are computed
     # once and projected to every size in DIMS.
-    "$PYTHON" eval_lds.py --preset demo --labels "$labels" --output_dir "$OUT/report" \
+    "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report" \
       --methods base-encoder bm25 tfidf grad-dot grad-cos tracin logra grad-dot-lora grad-cos-lora tracin-lora \
       --projection_dim "${dims[@]}"
     # EK-FAC passes over the pool once per batch of queries, as many as their full gradients (850 MB each
     # at this size) fit in --gradient_memory_gib: 14 GiB makes 12 passes over the 200 queries rather than 29.
     # Apart, because per-example gradients at that budget would not fit beside grad-dot's projections.
-    "$PYTHON" eval_lds.py --preset demo --labels "$labels" --output_dir "$OUT/report-ekfac" --methods ekfac \
-      --gradient_memory_gib 14
+    "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-ekfac" \
+      --methods ekfac --gradient_memory_gib "${EKFAC_MEMORY_GIB:-14}"
     if ((${#models[@]})); then
-      "$PYTHON" eval_lds.py --preset demo --labels "$labels" --output_dir "$OUT/report-airrep" \
+      "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-airrep" \
         --methods airrep --model "${models[@]}"
     fi
     ;;
@@ -61,12 +75,13 @@ case ${1:-} in
     done
     "$PYTHON" -m airrep.evaluation.compare_reports --labels "$labels" --methods "${methods[@]}" \
       --output "$OUT/paired.json"
-    "$PYTHON" -m airrep.evaluation.label_structure --labels "$labels" --columns task source category targets \
+    "$PYTHON" -m airrep.evaluation.label_structure --labels "$labels" --columns "${columns[@]}" \
       --report "$OUT/report" --by task --output "$OUT/label-structure.json"
-    PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py --rungs smollm2-135m --ekfac \
-      --output "$OUT/cost.json"
-    "$PYTHON" ladder_report.py --output_dir "$OUT/ladder" --rung "smollm2-135m=$OUT/report,$OUT/report-ekfac,$OUT/report-airrep" \
-      --cost_curve "$OUT/cost.json"
+    if [[ ! -f $OUT/cost.json || ${REDO_COST:-0} == 1 ]]; then
+      PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py "${cost_args[@]}" --output "$OUT/cost.json"
+    fi
+    "$PYTHON" ladder_report.py --output_dir "$OUT/ladder" \
+      --rung "$RUNG=$OUT/report,$OUT/report-ekfac,$OUT/report-airrep" --cost_curve "$OUT/cost.json"
     echo "real rung: $OUT/ladder/ladder.md"
     ;;
   *)

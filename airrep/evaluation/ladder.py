@@ -26,6 +26,7 @@ import numpy as np
 from airrep.cli import UsageError
 from airrep.evaluation.data import labels_noise_ceiling, load_eval_data
 from airrep.evaluation.gradient_methods import GRADIENT_METHODS
+from airrep.evaluation.influence_functions import KRONECKER_METHODS
 from airrep.evaluation.report import format_lds, recompute_lds, scores_path
 from airrep.outputs import save_figure, write_json, write_text
 from configuration_airrep import GROUP_POOLINGS
@@ -42,8 +43,10 @@ class ReportMismatchError(ValueError):
 
 
 def method_label(name: str, details: dict[str, Any], projection_dim: int) -> str:
-    """``name``, with ``@projection_dim`` for a gradient method (a report run at several sizes has it already)."""
-    return f"{name}@{projection_dim}" if details.get("kind") == GRADIENT_KIND and "@" not in name else name
+    """``name``, with ``@projection_dim`` for a projected-gradient method (a report run at several sizes has it
+    already); the Kronecker-factored influence functions project nothing and keep their names."""
+    projected = details.get("kind") == GRADIENT_KIND and name not in KRONECKER_METHODS
+    return f"{name}@{projection_dim}" if projected and "@" not in name else name
 
 
 def rung_methods(report_folders: list[str | os.PathLike], losses: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -105,7 +108,7 @@ def _order(label: str, kind: str | None) -> tuple:
         return (0, 0, 0)
     name, _, dim = label.partition("@")
     rank = GRADIENT_METHODS.index(name) if name in GRADIENT_METHODS else len(GRADIENT_METHODS)
-    return (1, rank, int(dim))
+    return (1, rank, int(dim or 0))
 
 
 def best_pooling(entry: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -258,3 +258,40 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
     assert other.returncode == 0, other.stderr[-3000:]
     assert "reusing the cost curve" not in other.stdout
     assert [r["rung"] for r in json.loads(cost_json.read_text())["rungs"]] == ["x1"]
+
+
+@pytest.mark.slow
+def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
+    """benchmarks/run_real_rung.sh's three steps at smoke size, with LoRA subset models as on the real rung."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "PRESET": "smoke",
+        "LABEL_ARGS": "--lora_rank 2 --learning_rate 1e-2 --lds_subset_size 16",
+        "EVAL_PRESET": "smoke",
+        "DIMS": "16 24",
+        "EKFAC_MEMORY_GIB": "1",
+        "MODELS": str(saved_folder),
+        "BEST": "airrep",
+        "COLUMNS": "task targets",
+        "RUNG": "x1",
+        "COST_ARGS": "--rungs x1 --n 4 --rounds 1 --logra_dim 64 --projection_dim 64 --ekfac --ekfac_train 3 "
+        "--ekfac_queries 1",
+        "PYTHON": sys.executable,
+    }
+    for step in ("labels", "eval", "report"):
+        result = subprocess.run(["bash", "benchmarks/run_real_rung.sh", step], cwd=REPO, env=env, capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, (step, result.stderr[-3000:])
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    compared = json.dumps(paired)
+    for name in ("grad-dot-lora@16", "tracin-lora@24", "grad-cos@24", "logra@16", "ekfac", "tfidf"):
+        assert name in compared, name
+    assert json.loads((tmp_path / "cost.json").read_text())["rungs"][0]["ekfac"]["queries"] == 1
+    ladder = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert {"airrep", "ekfac", "grad-dot-lora@16"} <= set(ladder["rungs"]["x1"]["methods"])
+    labels_card = (tmp_path / "labels-lds" / "README.md").read_text()
+    assert "random subsets of 16 of the pool" in labels_card and "LoRA adapters only" in labels_card
+    wrong = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "label"], cwd=REPO, env=env, capture_output=True,
+                           text=True)  # fmt: skip
+    assert wrong.returncode == 2 and "usage: bash benchmarks/run_real_rung.sh labels|eval|report" in wrong.stderr
