@@ -24,7 +24,7 @@
 # and, to run the same steps at another size (the test runs them at smoke size):
 #   PRESET, LABEL_ARGS   label preset (default smollm2) and more generate_labels.py flags (default none)
 #   EVAL_PRESET          eval_lds.py preset (default demo)
-#   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 14)
+#   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 12)
 #   COLUMNS              metadata columns for the label structure (default "task source category targets")
 #   RUNG, COST_ARGS      the rung's name in the ladder report (default smollm2-135m) and the flags of
 #                        bench_featurization_cost.py (default "--rungs smollm2-135m --ekfac"); a saved
@@ -54,11 +54,12 @@ case ${1:-} in
     "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report" \
       --methods base-encoder bm25 tfidf grad-dot grad-cos tracin logra grad-dot-lora grad-cos-lora tracin-lora \
       --projection_dim "${dims[@]}"
-    # EK-FAC passes over the pool once per batch of queries, as many as their full gradients (850 MB each
-    # at this size) fit in --gradient_memory_gib: 14 GiB makes 12 passes over the 200 queries rather than 29.
-    # Apart, because per-example gradients at that budget would not fit beside grad-dot's projections.
+    # EK-FAC passes over the pool once per batch of queries, as many as their full gradients (two copies of
+    # 425 MB each at this size) fit in --gradient_memory_gib: 12 GiB makes 14 passes over the 200 queries
+    # rather than 29 at the default 6. Training gradients then come 4 at a time (425 MB each per example),
+    # so that all fits in 24 GiB; apart from the other methods, whose budgets differ.
     "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-ekfac" \
-      --methods ekfac --gradient_memory_gib "${EKFAC_MEMORY_GIB:-14}"
+      --methods ekfac --gradient_memory_gib "${EKFAC_MEMORY_GIB:-12}" --gradient_batch_size 4
     if ((${#models[@]})); then
       "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-airrep" \
         --methods airrep --model "${models[@]}"
