@@ -37,7 +37,9 @@ ids in its vocabulary), so all rungs see the same token counts.
 
 Every side is timed once per round, ``--rounds`` rounds, the sides in the same order each round;
 figures are medians over rounds, and each ratio (LoGra over an encoder) is also given per round, so
-its spread shows what the machine's variation does to it.
+its spread shows what the machine's variation does to it. With ``--output X.json``, what is measured
+so far is rewritten to ``X.partial.json`` after every rung's round (``"complete": false``), so a run
+stopped midway keeps its figures; ``X.json`` is written only whole, and the partial file then removed.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_featurization_cost.py --n 256 --rounds 3 \
         --rungs smollm2-135m qwen2.5-0.5b --skip_grad_dot --output out/bench/cost_ratio.json
@@ -50,6 +52,7 @@ import copy
 import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -181,6 +184,54 @@ class Rung:
         print(json.dumps({"rung": self.name, "ekfac": self.entry["ekfac"]}), flush=True)
 
 
+def measured_figures(
+    args: argparse.Namespace,
+    lengths: list[int],
+    sides: list[tuple[str, AirRepModel, str]],
+    encode_seconds: dict[str, list[float]],
+    rungs: list,
+    complete: bool,
+) -> dict:
+    """The run's figures from what has been timed so far: medians over the rounds done, ratios per round
+    for the rounds both sides have, and only the rungs timed at least once."""
+    encoders = {name: {"seconds_per_example": statistics.median(per_round), "rounds_seconds_per_example": per_round,
+                       "precision": precision, "bytes_per_example": 384 * 4}
+                for (name, _, precision), per_round in zip(sides, encode_seconds.values(), strict=True)
+                if per_round}  # fmt: skip
+    timed_rungs = [rung for rung in rungs if rung.logra_seconds]
+    ratios = {
+        rung.name: {
+            name: {"rounds": [lg / enc for lg, enc in zip(rung.logra_seconds, encode_seconds[name], strict=False)]}
+            for name in encoders
+        }
+        for rung in timed_rungs
+    }
+    for per_encoder in ratios.values():
+        for figures in per_encoder.values():
+            figures["median"] = statistics.median(figures["rounds"])
+    figures = {
+        "complete": complete,
+        "n": args.n,
+        "rounds": args.rounds,
+        "tokens_per_example": float(np.mean(lengths)),
+        "threads": torch.get_num_threads(),
+        "bf16_kernels": bf16_available(),
+        "preset": args.preset,
+        "encoders": encoders,
+        "rungs": [rung.entry for rung in timed_rungs],
+        "logra_over_encoder": ratios,
+    }
+    for rung in timed_rungs:  # an EK-FAC job against encoding its training examples and queries
+        job = rung.entry.get("ekfac")
+        if job:
+            figures.setdefault("ekfac_over_encoder", {})[rung.name] = {
+                name: job["total_seconds"] / (encoder["seconds_per_example"] * (job["train_examples"] + job["queries"]))
+                for name, encoder in encoders.items()
+            }
+    figures["crossings"] = all_crossings(figures)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rungs", nargs="+", default=["x1", "x10", "x100", SMOLLM_RUNG, QWEN_RUNG],
@@ -228,6 +279,7 @@ def main() -> None:
     for _, encoder, precision in sides:  # warm-up
         encoder.encode(texts[: args.encode_batch_size], batch_size=args.encode_batch_size, precision=precision)
     rungs = [Rung(name, args, lengths) for name in args.rungs]
+    partial = Path(args.output).with_suffix(".partial.json") if args.output else None
     encode_seconds: dict[str, list[float]] = {name: [] for name, _, _ in sides}
     for round_ in range(args.rounds):
         for name, encoder, precision in sides:
@@ -237,39 +289,11 @@ def main() -> None:
             print(name, f"round {round_}: {seconds / args.n:.4f} s/example", flush=True)
         for rung in rungs:
             rung.time_round(first=round_ == 0)
+            if args.output:  # a stopped run keeps what it measured, apart from the finished curve
+                write_json(partial, measured_figures(args, lengths, sides, encode_seconds, rungs, complete=False))
 
-    encoders = {name: {"seconds_per_example": statistics.median(per_round), "rounds_seconds_per_example": per_round,
-                       "precision": precision, "bytes_per_example": 384 * 4}
-                for (name, _, precision), per_round in zip(sides, encode_seconds.values(), strict=True)}  # fmt: skip
-    ratios = {
-        rung.name: {
-            name: {"rounds": [lg / enc for lg, enc in zip(rung.logra_seconds, encode_seconds[name], strict=True)]}
-            for name in encoders
-        }
-        for rung in rungs
-    }
-    for per_encoder in ratios.values():
-        for figures in per_encoder.values():
-            figures["median"] = statistics.median(figures["rounds"])
-    figures = {
-        "n": args.n,
-        "rounds": args.rounds,
-        "tokens_per_example": float(np.mean(lengths)),
-        "threads": torch.get_num_threads(),
-        "bf16_kernels": bf16_available(),
-        "preset": args.preset,
-        "encoders": encoders,
-        "rungs": [rung.entry for rung in rungs],
-        "logra_over_encoder": ratios,
-    }
-    if args.ekfac:  # a whole job against encoding its training examples and queries
-        for rung in rungs:
-            job = rung.entry["ekfac"]
-            figures.setdefault("ekfac_over_encoder", {})[rung.name] = {
-                name: job["total_seconds"] / (encoder["seconds_per_example"] * (job["train_examples"] + job["queries"]))
-                for name, encoder in encoders.items()
-            }
-    figures["crossings"] = all_crossings(figures)
+    figures = measured_figures(args, lengths, sides, encode_seconds, rungs, complete=True)
+    ratios = figures["logra_over_encoder"]
     print(json.dumps(figures["crossings"], indent=2))
     print(f"{'rung':>14} {'params':>12} {'logra s/ex':>11}  LoGra / encoder: median [min, max] over rounds")
     for rung in rungs:
@@ -283,6 +307,7 @@ def main() -> None:
               + "; ".join(f"{encoder} {ratio:.1f}x" for encoder, ratio in per_encoder.items()))  # fmt: skip
     if args.output:
         write_json(args.output, figures)  # whole or not at all: run_ladder.sh reuses a saved curve
+        partial.unlink(missing_ok=True)
     if args.plot:
         cost_curve_plot(figures, args.plot)
 

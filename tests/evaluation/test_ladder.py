@@ -240,6 +240,7 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
             job["total_seconds"] / (4 * minilm)
         )
     assert "ekfac vs airrep_minilm" in ladder["cost_curve"]["crossings"]
+    assert ladder["cost_curve"]["complete"] and not list((tmp_path / "ladder").glob("*.partial.json"))
     assert ladder["rungs"]["x10"]["parameters"] > ladder["rungs"]["x1"]["parameters"]
     for name in ("frontier-x1.png", "frontier-x10.png", "cost_curve.png", "ladder.md"):
         assert (tmp_path / "ladder" / "report" / name).is_file()
@@ -295,3 +296,28 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
     wrong = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "label"], cwd=REPO, env=env, capture_output=True,
                            text=True)  # fmt: skip
     assert wrong.returncode == 2 and "usage: bash benchmarks/run_real_rung.sh labels|eval|report" in wrong.stderr
+
+
+def test_a_stopped_cost_run_keeps_what_it_measured():
+    """The cost bench's figures from a run stopped midway: only timed rungs, ratios over the rounds both had."""
+    from types import SimpleNamespace
+
+    from benchmarks.bench_featurization_cost import measured_figures
+
+    args = SimpleNamespace(n=4, rounds=3, preset="demo")
+    sides = [("airrep_minilm", None, "fp32"), ("airrep_minilm_bf16", None, "bf16")]
+    encode_seconds = {"airrep_minilm": [0.01, 0.03], "airrep_minilm_bf16": [0.005, 0.005]}
+    done = SimpleNamespace(name="x1", logra_seconds=[0.02, 0.09], entry={
+        "rung": "x1", "parameters": 1e6, "logra": {"seconds_per_example": 0.055},
+        "ekfac": {"total_seconds": 1.5, "train_examples": 2, "queries": 1, "seconds_per_example": 0.5}})  # fmt: skip
+    started = SimpleNamespace(name="x10", logra_seconds=[], entry={"rung": "x10", "parameters": 1e7, "logra": {}})
+    figures = measured_figures(args, [10, 12], sides, encode_seconds, [done, started], complete=False)
+    assert figures["complete"] is False and [r["rung"] for r in figures["rungs"]] == ["x1"]
+    assert figures["encoders"]["airrep_minilm"]["seconds_per_example"] == pytest.approx(0.02)
+    assert figures["logra_over_encoder"]["x1"]["airrep_minilm"]["rounds"] == pytest.approx([2.0, 3.0])
+    assert figures["ekfac_over_encoder"]["x1"]["airrep_minilm"] == pytest.approx(1.5 / (0.02 * 3))
+    assert set(figures["crossings"]) == {f"{m} vs {e}" for m in ("logra", "ekfac") for e in encode_seconds}
+    # A stop during the first round of the first rung: the encoders' first round, and no rung yet.
+    first = measured_figures(args, [10], sides, {"airrep_minilm": [0.01], "airrep_minilm_bf16": []},
+                             [started], complete=False)  # fmt: skip
+    assert list(first["encoders"]) == ["airrep_minilm"] and first["rungs"] == [] and first["crossings"] == {}
