@@ -427,22 +427,22 @@ def train_and_score(
 
 def _epoch_checkpoints(
     trained: torch.nn.Module,
-    model: torch.nn.Module,
     pool: Sequence[SFTExample],
     subset: np.ndarray,
     seed: int,
     settings: SFTSettings,
     pad_id: int,
 ) -> list[tuple[dict[str, torch.Tensor], float]]:
-    """Fine-tune ``trained``'s trainable parameters on ``pool[subset]`` as one subset model; their values
-    and the epoch's mean learning rate at the end of every epoch. ``model`` (the target LM) stays as it is."""
+    """Fine-tune ``trained``'s trainable parameters on ``pool[subset]`` as one subset model (on stacked copies,
+    so ``trained`` itself stays as it is); their values and the epoch's mean learning rate at the end of
+    every epoch."""
     checkpoints: list[tuple[dict[str, torch.Tensor], float]] = []
 
     def keep(_epoch: int, params: dict[str, torch.Tensor], rate: float) -> None:
         checkpoints.append(({name: p[0] for name, p in params.items()}, rate))  # already copies
 
-    was_training = model.training
-    model.eval()
+    was_training = trained.training
+    trained.eval()
     try:
         _finetune(
             _Stacked(trained, 1, settings.response_logits_only, settings.bf16),
@@ -454,7 +454,7 @@ def _epoch_checkpoints(
             keep,
         )
     finally:
-        model.train(was_training)
+        trained.train(was_training)
     return checkpoints
 
 
@@ -476,7 +476,7 @@ def finetune(
     if settings.lora_rank:
         adapted, checkpoints = finetune_adapters(model, pool, subset, seed, settings, pad_id)
         return [(merged_parameters(adapted, adapters), rate) for adapters, rate in checkpoints]
-    return _epoch_checkpoints(model, model, pool, subset, seed, settings, pad_id)
+    return _epoch_checkpoints(model, pool, subset, seed, settings, pad_id)
 
 
 def finetune_adapters(
@@ -494,4 +494,4 @@ def finetune_adapters(
     if not settings.lora_rank:
         raise ValueError("finetune_adapters needs LoRA settings (lora_rank > 0)")
     adapted = with_lora(model, settings)
-    return adapted, _epoch_checkpoints(adapted, model, pool, subset, seed, settings, pad_id)
+    return adapted, _epoch_checkpoints(adapted, pool, subset, seed, settings, pad_id)
