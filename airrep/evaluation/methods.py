@@ -42,7 +42,7 @@ from airrep.evaluation.gradient_methods import (
 )
 from airrep.evaluation.influence_functions import KRONECKER_METHODS, kronecker_influence
 from airrep.evaluation.text_baselines import TEXT_METHODS, bm25_scores, tfidf_scores
-from airrep.labels.subset_training import SFTSettings, finetune, finetune_adapters, merged_parameters
+from airrep.labels.subset_training import SFTSettings, finetune, finetune_adapters, merged_checkpoints
 from airrep.labels.target_lm import load_target_lm
 from airrep.outputs import digest_files
 from airrep.presets import EvalPreset
@@ -254,7 +254,7 @@ class GradientState:
         if sft.lora_rank:
             self.adapted, self.adapter_checkpoints = finetune_adapters(self.model, self.pool, everything, preset.seed,
                                                                        sft, self.pad_id)  # fmt: skip
-            self.checkpoints = [(merged_parameters(self.adapted, a), rate) for a, rate in self.adapter_checkpoints]
+            self.checkpoints = merged_checkpoints(self.adapted, self.adapter_checkpoints)
         else:
             self.checkpoints = finetune(self.model, self.pool, everything, preset.seed, sft, self.pad_id)
         self.setup_seconds = time.perf_counter() - tic

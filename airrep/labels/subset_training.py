@@ -474,9 +474,16 @@ def finetune(
         parameters are the merged full weights (:func:`merged_parameters`), named as in ``model``.
     """
     if settings.lora_rank:
-        adapted, checkpoints = finetune_adapters(model, pool, subset, seed, settings, pad_id)
-        return [(merged_parameters(adapted, adapters), rate) for adapters, rate in checkpoints]
+        return merged_checkpoints(*finetune_adapters(model, pool, subset, seed, settings, pad_id))
     return _epoch_checkpoints(model, pool, subset, seed, settings, pad_id)
+
+
+def merged_checkpoints(
+    adapted: torch.nn.Module, checkpoints: Sequence[tuple[dict[str, torch.Tensor], float]]
+) -> list[tuple[dict[str, torch.Tensor], float]]:
+    """:func:`finetune_adapters`' checkpoints as :func:`finetune` returns them: each adapter checkpoint
+    merged into full weights (:func:`merged_parameters`), with its learning rate."""
+    return [(merged_parameters(adapted, adapters), rate) for adapters, rate in checkpoints]
 
 
 def finetune_adapters(

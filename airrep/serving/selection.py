@@ -1,9 +1,10 @@
 """Data selection: the pool examples that an attribution method says will teach the target examples.
 
 :func:`select_data` is what ``select_data.py`` runs. A method scores every (target, pool example)
-pair: AirRep, its untrained encoder, TF-IDF, BM25, random scores, or a gradient method of
-:mod:`airrep.evaluation` (on the target LM a labels dataset names, fine-tuned on the pool with its
-SFT settings). A strategy turns those pair scores into one ranked selection of ``budget`` examples:
+pair: AirRep, its untrained encoder, TF-IDF, BM25, random scores, or a method of :mod:`airrep.evaluation`
+that reads the target LM a labels dataset names, fine-tuned on the pool with its SFT settings: the
+projected-gradient methods (LESS is ``grad-cos-lora`` under LoRA labels) and the influence functions
+``ekfac`` and ``kfac``. A strategy turns those pair scores into one ranked selection of ``budget`` examples:
 
 - ``round-robin`` (the authors' rule): the targets take turns, each taking its best example not yet
   taken;
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from airrep.cli import UsageError
+from airrep.evaluation.gradient_methods import LORA_GRADIENT_METHODS
+from airrep.evaluation.methods import TARGET_LM_METHODS
 from airrep.outputs import configs_yaml, write_json, write_parquet, write_text
 from configuration_airrep import RecordFormatError, format_text
 from modeling_airrep import SELECTION_STRATEGIES as STRATEGIES
@@ -38,8 +41,7 @@ from modeling_airrep import check_selection as check_model_selection
 logger = logging.getLogger(__name__)
 
 TEXT_METHODS = ("airrep", "base-encoder", "tfidf", "bm25", "random")
-GRADIENT_METHODS = ("grad-dot", "grad-cos", "tracin", "logra")
-METHODS = (*TEXT_METHODS, *GRADIENT_METHODS)
+METHODS = (*TEXT_METHODS, *TARGET_LM_METHODS)
 SELECTION_FILE = "selection.json"
 ADDED_COLUMNS = ("score", "rank", "target")
 TASK_PREFIX = "task:"
@@ -77,8 +79,9 @@ class SelectArguments:
     )
     labels: str | None = field(
         default=None,
-        metadata={"help": "For the gradient methods: a labels dataset (folder or Hub id) whose summary.json names "
-                          "the target LM and the SFT settings; the target LM is fine-tuned on the pool with them."},
+        metadata={"help": "For the methods that read the target LM (gradients, ekfac, kfac): a labels dataset "
+                          "(folder or Hub id) whose summary.json names the target LM and the SFT settings; the "
+                          "target LM is fine-tuned on the pool with them."},
     )  # fmt: skip
     projection_dim: int = field(
         default=4096, metadata={"help": "Gradient features per example of the gradient methods (LoGra: at most)."}
@@ -228,7 +231,7 @@ def pair_scores(
     from airrep.evaluation.text_baselines import bm25_scores, tfidf_scores
     from modeling_airrep import AirRepModel
 
-    if method in GRADIENT_METHODS:
+    if method in TARGET_LM_METHODS:
         return _gradient_scores(method, pool_records, target_records, labels, projection_dim, seed)
     if method == "random":
         scores = np.random.default_rng(seed).random(len(pool_texts))
@@ -261,6 +264,9 @@ def _gradient_scores(method, pool_records, target_records, labels, projection_di
     if projection_dim < 1:
         raise UsageError(f"--projection_dim must be at least 1, got {projection_dim}")
     summary = json.loads(summary_file.read_text())
+    if method in LORA_GRADIENT_METHODS and not (summary.get("settings") or {}).get("lora_rank"):
+        raise UsageError(f"method {method!r} reads the LoRA adapters, but --labels {labels} was made with full "
+                         f"fine-tuning; use {method.removesuffix('-lora')!r}")  # fmt: skip
     preset = replace(EVAL_PRESETS["demo"], projection_dim=projection_dim, seed=seed)
     state = GradientState(summary.get("target_lm"), summary.get("settings"), pool_records, target_records, preset,
                           [projection_dim], source=labels)  # fmt: skip
@@ -289,8 +295,9 @@ def select_data(args: SelectArguments) -> dict[str, Any]:
         raise UsageError(f"unknown strategy {args.strategy!r}; choose from {', '.join(STRATEGIES)}")
     if args.model is not None and args.method != "airrep":
         raise UsageError(f"--model applies only to method 'airrep', not {args.method!r}")
-    if args.labels is not None and args.method not in GRADIENT_METHODS:
-        raise UsageError(f"--labels applies only to the gradient methods {GRADIENT_METHODS}, not {args.method!r}")
+    if args.labels is not None and args.method not in TARGET_LM_METHODS:
+        raise UsageError(f"--labels applies only to the methods that read the target LM "
+                         f"({', '.join(TARGET_LM_METHODS)}), not {args.method!r}")  # fmt: skip
     model = args.model  # an embeddings pool supplies its own when none is given
     encoded, pool_source = None, {"source": args.pool, "split": args.split, "config": args.config}
     settings_file = Path(args.pool) / "embeddings.json"

@@ -223,3 +223,12 @@ def test_generate_labels_with_lora_records_what_was_trained(tmp_path):
     assert f"of every weight ({summary['target_lm_parameters']:,})" in details["grad-dot"]["description"]
     scores = {name: np.load(report / "scores" / f"{name}.sum.npy") for name in ("grad-dot-lora", "grad-dot")}
     assert not np.allclose(scores["grad-dot-lora"], scores["grad-dot"])
+
+    # LESS: data selection by the adapters' gradient cosines, from the same labels.
+    from airrep.serving.selection import SelectArguments, select_data
+
+    selected = select_data(SelectArguments(pool=str(tmp_path / "corpus"), targets="task:add", method="grad-cos-lora",
+                                           labels=str(tmp_path / "labels-lds"), projection_dim=16, budget="4",
+                                           strategy="max", output_dir=str(tmp_path / "less")))  # fmt: skip
+    assert named in selected["method"] and len(set(selected["pool_rows"])) == 4
+    assert all(-1 - 1e-5 <= s <= 1 + 1e-5 for s in load_dataset(str(tmp_path / "less"), split="train")["score"])

@@ -193,7 +193,11 @@ def test_an_embeddings_dataset_is_a_pool(corpus, saved_folder, model, tmp_path):
         ({"method": "bm25", "model": "{target_lm}"}, "--model applies only to method 'airrep'"),
         ({"pool": "{missing}"}, "pool .* cannot be read"),
         ({"method": "grad-cos"}, "method 'grad-cos' needs --labels"),
-        ({"method": "tfidf", "labels": "{labels_lds}"}, "--labels applies only to the gradient methods"),
+        ({"method": "tfidf", "labels": "{labels_lds}"}, "--labels applies only to the methods that read the target"),
+        (
+            {"method": "grad-cos-lora", "labels": "{labels_lds}"},
+            r"'grad-cos-lora' reads the LoRA adapters, but --labels .*labels-lds was made with full fine-tuning",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_error(labels, corpus, tmp_path, overrides, message):
@@ -214,7 +218,7 @@ def test_the_command_line_reports_a_mistake_in_one_line(corpus, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("select_data.py: error: unknown strategy 'best'")
 
 
-@pytest.mark.parametrize("method", ["grad-cos", "logra"])
+@pytest.mark.parametrize("method", ["grad-cos", "logra", "ekfac"])
 def test_gradient_methods_select_with_the_labels_target_lm(labels, corpus, tmp_path, method):
     summary = select_data(SelectArguments(pool=str(corpus), targets="task:add", output_dir=str(tmp_path / "g"),
                                           method=method, labels=str(labels / "labels-lds"), projection_dim=64,
@@ -223,6 +227,8 @@ def test_gradient_methods_select_with_the_labels_target_lm(labels, corpus, tmp_p
     assert selection.num_rows == 8 and len(set(summary["pool_rows"])) == 8
     assert selection["score"] == sorted(selection["score"], reverse=True)
     assert "target LM" in summary["method"] and str(labels / "target-lm") in summary["method"]
+    if method == "ekfac":
+        assert "kronfluence" in summary["method"]
     if method == "grad-cos":  # a sum of cosine similarities over the targets
         n_targets = summary["n_targets"]
         assert all(-n_targets - 1e-4 <= s <= n_targets + 1e-4 for s in selection["score"])
