@@ -14,7 +14,8 @@
 #   FACTORS  ladder rungs (default "1 10")
 #   DIMS     gradient projection sizes (default "384 4096 18432"); every gradient method runs at each
 #   COST_RUNGS  rungs of the cost curve (default: FACTORS, x1, x10, x100 and qwen2.5-0.5b)
-#   COST_ARGS   flags for bench_featurization_cost.py (default "--n 16 --rounds 1")
+#   COST_ARGS   flags for bench_featurization_cost.py (default "--skip_grad_dot": its own 256 examples and
+#               medians of 3 rounds, LoGra alone on the rungs, as the Cost table of benchmarks/README.md)
 #   REDO_COST   set to 1 to measure the cost curve again even when one over the same rungs is saved
 #   PYTHON   interpreter (default .venv/bin/python)
 set -euo pipefail
@@ -54,7 +55,7 @@ fi
 read -r -a cost_rungs <<<"$COST_RUNGS"
 # The bench's own defaults (256 examples, 3 rounds) measure the cost ratio; the ladder's curve keeps its
 # former size, about 10 minutes.
-read -r -a cost_args <<<"${COST_ARGS:---n 16 --rounds 1}"
+read -r -a cost_args <<<"${COST_ARGS:---skip_grad_dot}"
 cost_json=$LADDER/cost_curve.json
 # The curve's figures are only comparable within one run, so it is reused whole or measured whole.
 if [[ -f $cost_json && ${REDO_COST:-0} != 1 ]] && "$PYTHON" - "$cost_json" "${cost_rungs[@]}" <<'EOF'
