@@ -297,6 +297,10 @@ class GradientState:
             self._projected[key] = {
                 d: (pool[k], queries[k], pool_seconds[k] + query_seconds[k]) for k, d in enumerate(self.dims)
             }
+            # Every checkpoint of this parameter set is projected: its matrices (gigabytes at 135M weights)
+            # are never read again, and the methods still to run need the memory.
+            if all((adapters, c) in self._projected for c in range(len(self.checkpoints))):
+                del self._projectors[adapters]
         return self._projected[key][dim]
 
     def parameter_set(self, adapters: bool) -> str:

@@ -226,3 +226,25 @@ def test_labels_load_by_repo_id_from_an_offline_hub_cache(labels, tmp_path):
     assert done.stdout.split()[-1] == "lds"
     expected = load_eval_data(str(labels / "labels-lds")).losses.shape
     assert done.stdout.strip().startswith(str(expected))
+
+
+def test_gradient_state_frees_its_projections_once_every_checkpoint_is_projected(labels):
+    from dataclasses import replace
+
+    from airrep.evaluation.gradient_methods import GradientProjector, per_example_gradients
+    from airrep.evaluation.methods import GradientState
+    from airrep.presets import EVAL_PRESETS
+
+    data = load_eval_data(str(labels / "labels-lds"))
+    settings = {**data.summary["settings"], "epochs": 2}  # two checkpoints: the matrices outlive the first
+    state = GradientState(data.summary["target_lm"], settings, data.pool_records[:6], data.query_records[:3],
+                          replace(EVAL_PRESETS["demo"], seed=5), [8, 16])  # fmt: skip
+    assert len(state.checkpoints) == 2
+    first = state.projected(0, 16)
+    assert state._projectors[False][1].dim == 16  # still needed for checkpoint 1
+    last = state.projected(1, 8)
+    assert False not in state._projectors
+    # What was projected stays, and is what a fresh projection of the same gradients gives.
+    assert state.projected(0, 16)[0] is first[0] and state.projected(1, 8)[1] is last[1]
+    gradients = per_example_gradients(state.model, state.checkpoints[1][0], state.pool, state.pad_id)
+    np.testing.assert_allclose(GradientProjector(state.n_params, 8, 5)(gradients), last[0], rtol=1e-4, atol=1e-6)
