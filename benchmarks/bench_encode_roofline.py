@@ -12,6 +12,12 @@ In one run, on this machine:
    from the model's shapes and each text's real token count, padding excluded:
    ``layers * (2 L (4 d^2 + 2 d f) + 4 L^2 d) + 2 d p`` per text of ``L`` tokens.
 3. **Quality**: each variant's embeddings against fp32's: the smallest cosine over the texts.
+4. **Tokenizing alone**: the tokenizer calls ``encode`` makes for the same texts and batch size, which
+   run on the CPU whatever the device: the floor under ``encode`` once the forward is fast.
+
+With ``--device cuda`` the encoder and the peak's matrix products run on the GPU (fp32 and bf16; int8
+is CPU-only), and clocks wait for the device. ``--records`` reads the texts from a JSON-lines file
+instead of drawing them from the real-text corpus, for a machine without Debian's text packages.
 
 Every variant runs ``--repeats`` times, interleaved in a rotating order; medians are reported.
 
@@ -21,6 +27,7 @@ Every variant runs ``--repeats`` times, interleaved in a rotating order; medians
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import platform
 import statistics
@@ -31,15 +38,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from airrep.labels import realtext
-from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available
+from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, longest_first
 
 
-def corpus_texts(n: int) -> list[dict]:
-    """``n`` records of the real-text corpus (Debian's text packages), a fixed draw."""
-    records = realtext.generate_split_records({"train": n}, seed=27)["train"]
+def corpus_texts(n: int, path: Path | None = None) -> list[dict]:
+    """``n`` records of the real-text corpus (Debian's text packages), a fixed draw; or the first ``n``
+    of a JSON-lines file of records (``--records``, gzipped if it ends in ``.gz``)."""
+    if path is not None:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as handle:
+            records = [json.loads(line) for line, _ in zip(handle, range(n), strict=False)]
+    else:
+        from airrep.labels import realtext
+
+        records = realtext.generate_split_records({"train": n}, seed=27)["train"]
     if len(records) < n:
-        raise SystemExit(f"the real-text corpus gave {len(records)} records, asked for {n}")
+        raise SystemExit(f"{path or 'the real-text corpus'} gave {len(records)} records, asked for {n}")
     return records
 
 
@@ -57,28 +70,39 @@ def encoder_flops(model: AirRepModel, lengths: list[int]) -> float:
     return float(sum(per_text))
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, device: torch.device = CPU) -> float:
     fn()  # warm up: oneDNN primitives and quantized weights are made on the first call
     times = []
     for _ in range(repeats):
+        synchronize(device)
         tic = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
 
 
 def matmul_peaks(model: AirRepModel, tokens: int) -> dict[str, dict[str, float]]:
-    """GFLOP/s of each linear shape of the encoder, per precision, for ``tokens`` rows at once."""
-    c = model.config
+    """GFLOP/s of each linear shape of the encoder, per precision, for ``tokens`` rows at once, on the
+    model's device."""
+    c, device = model.config, model.device
     d, f = c.hidden_size, c.intermediate_size
     shapes = {"qkvo d x d": (d, d, 4), "ffn up d x f": (d, f, 1), "ffn down f x d": (f, d, 1)}
-    precisions = ["fp32", "int8"] + (["bf16"] if bf16_available() else [])
+    precisions = ["fp32"] + (["int8"] if device.type == "cpu" else []) + (["bf16"] if bf16_available(device) else [])
     peaks: dict[str, dict[str, float]] = {}
     generator = torch.Generator().manual_seed(0)
     for precision in precisions:
         peaks[precision] = {}
         for name, (k, m, _) in shapes.items():
-            x = torch.randn(tokens, k, generator=generator)
+            x = torch.randn(tokens, k, generator=generator).to(device)
             flops = 2.0 * tokens * k * m
             if precision == "int8":
                 layer = torch.ao.quantization.quantize_dynamic(
@@ -88,9 +112,9 @@ def matmul_peaks(model: AirRepModel, tokens: int) -> dict[str, dict[str, float]]
                     seconds = time_call(lambda layer=layer, x=x: layer(x))
             else:
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-                a, w = x.to(dtype), torch.randn(k, m, generator=generator).to(dtype)
+                a, w = x.to(dtype), torch.randn(k, m, generator=generator).to(device, dtype)
                 with torch.inference_mode():
-                    seconds = time_call(lambda a=a, w=w: a @ w)
+                    seconds = time_call(lambda a=a, w=w: a @ w, device=device)
             peaks[precision][name] = flops / seconds / 1e9
         # The mix: each shape's share of a layer's linear FLOPs (Q, K, V and O are four d x d).
         total = sum(k * m * count for k, m, count in shapes.values())
@@ -110,15 +134,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peak_tokens", type=int, default=4096, help="Rows of the peak's matrix products.")
     parser.add_argument("--output", type=Path, default=None, help="Also write the figures as JSON here.")
+    parser.add_argument("--device", type=torch.device, default=CPU, help="cpu (default) or cuda")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="JSON-lines records to encode instead of the real-text corpus's")  # fmt: skip
+    parser.add_argument("--encoder", default=None,
+                        help="Encoder folder for an untrained AirRep (default: the bundled MiniLM).")  # fmt: skip
     args = parser.parse_args()
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no GPU here")
 
-    model = AirRepModel.from_pretrained(args.model) if args.model else AirRepModel.from_encoder()
-    model.eval()
-    records = corpus_texts(args.n)
+    model = AirRepModel.from_pretrained(args.model) if args.model else AirRepModel.from_encoder(args.encoder)
+    model = model.float().to(args.device).eval()
+    device, bf16 = model.device, bf16_available(model.device)
+    records = corpus_texts(args.n, args.records)
     lengths = token_counts(model, records)
     flops = encoder_flops(model, lengths)
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, bf16 kernels: {bf16_available()}")  # fmt: skip
+    processor = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    print(f"{processor}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, bf16 kernels: {bf16}")
     print(f"{len(records)} texts, median {int(np.median(lengths))} tokens (max {max(lengths)}), "
           f"{flops / len(records) / 1e9:.2f} GFLOP per text")  # fmt: skip
 
@@ -127,7 +161,7 @@ def main() -> None:
     for precision, rates in peaks.items():
         print(f"  {precision:5s} " + ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items()))
 
-    precisions = [p for p in args.precisions if p != "bf16" or bf16_available()]
+    precisions = [p for p in args.precisions if p in peaks]  # each where it has kernels on this device
     variants = [(p, b) for p in precisions for b in args.batch_sizes]
     times: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
     embeddings: dict[tuple[str, int], np.ndarray] = {}
@@ -135,9 +169,22 @@ def main() -> None:
         embeddings[v] = model.encode(records[:64], batch_size=v[1], precision=v[0], show_progress_bar=False)
     for r in range(args.repeats):
         for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            synchronize(device)
             tic = time.perf_counter()
             embeddings[v] = model.encode(records, batch_size=v[1], precision=v[0], show_progress_bar=False)
             times[v].append(time.perf_counter() - tic)
+    texts = [model.config.format_text(r) for r in records]
+    tokenize_seconds = {}
+    for batch_size in args.batch_sizes:  # what encode() runs on the CPU before each forward
+
+        def tokenize(batch_size: int = batch_size) -> None:
+            order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
+            for start in range(0, len(order), batch_size):
+                batch = [texts[i] for i in order[start : start + batch_size]]
+                model.tokenizer(batch, padding=True, truncation=True, max_length=model.config.max_seq_length,
+                                return_tensors="pt")  # fmt: skip
+
+        tokenize_seconds[batch_size] = time_call(tokenize, repeats=args.repeats)
     reference = embeddings[("fp32", args.batch_sizes[0])]
     unit_reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
 
@@ -153,14 +200,16 @@ def main() -> None:
         rows.append({"precision": precision, "batch_size": batch_size, "seconds": seconds,
                      "seconds_spread": [min(times[(precision, batch_size)]), max(times[(precision, batch_size)])],
                      "texts_per_second": len(records) / seconds, "gflops": rate, "fraction_of_peak": rate / peak,
-                     "min_cosine_vs_fp32": cosine})  # fmt: skip
+                     "min_cosine_vs_fp32": cosine, "tokenize_seconds": tokenize_seconds[batch_size],
+                     "tokenize_share": tokenize_seconds[batch_size] / seconds})  # fmt: skip
         print(f"  {precision:5s} batch {batch_size:4d}: {seconds:6.2f} s, {len(records) / seconds:6.1f} texts/s, "
               f"{rate:6.1f} GFLOP/s = {100 * rate / peak:5.1f}% of {peak:.0f}; x{seconds / fastest:.2f} the fastest; "
-              f"min cosine vs fp32 {cosine:.6f}")  # fmt: skip
+              f"min cosine vs fp32 {cosine:.6f}; tokenizing alone {tokenize_seconds[batch_size]:.2f} s")  # fmt: skip
     if args.output:
         args.output.write_text(json.dumps({"texts": len(records), "median_tokens": float(np.median(lengths)),
                                            "flops": flops, "peaks_gflops": peaks, "encode": rows,
-                                           "threads": torch.get_num_threads(), "bf16_available": bf16_available(),
+                                           "threads": torch.get_num_threads(), "bf16_available": bf16,
+                                           "device": processor,
                                            "torch": torch.__version__}, indent=2))  # fmt: skip
 
 

@@ -35,6 +35,10 @@ sees the same ``--n`` examples: prompt/response records from standard-library do
 is fed as many tokens per example as the encoder's WordPiece tokenizer makes of the same text (random
 ids in its vocabulary), so all rungs see the same token counts.
 
+With ``--device cuda`` every side runs on the GPU (the encoders and the target LMs alike; timings wait
+for the device to finish), and ``--encoder`` takes MiniLM from a folder instead of the bundled package,
+for a machine that lacks it.
+
 Every side is timed once per round, ``--rounds`` rounds, the sides in the same order each round;
 figures are medians over rounds, and each ratio (LoGra over an encoder) is also given per round, so
 its spread shows what the machine's variation does to it. With ``--output X.json``, what is measured
@@ -81,10 +85,27 @@ def gte_small(minilm: AirRepModel) -> AirRepModel:
     return model
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a host clock read after it counts that work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(function, *args, **kwargs):
+    synchronize()
     tic = time.perf_counter()
     result = function(*args, **kwargs)
+    synchronize()
     return result, time.perf_counter() - tic
+
+
+def device_name(device: torch.device) -> str:
+    """The processor that ran the figures, as the report names it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def build_rung(name: str, preset: str) -> torch.nn.Module:
@@ -115,6 +136,7 @@ class Rung:
         torch.manual_seed(0)
         self.name, self.args = name, args
         self.model, self.build_seconds = timed(build_rung, name, args.preset)
+        self.model.to(args.device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         vocab = self.model.config.vocab_size
         rng = np.random.default_rng(0)
@@ -215,7 +237,8 @@ def measured_figures(
         "rounds": args.rounds,
         "tokens_per_example": float(np.mean(lengths)),
         "threads": torch.get_num_threads(),
-        "bf16_kernels": bf16_available(),
+        "device": device_name(args.device),
+        "bf16_kernels": bf16_available(args.device),
         "preset": args.preset,
         "encoders": encoders,
         "rungs": [rung.entry for rung in timed_rungs],
@@ -240,7 +263,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256, help="examples featurized by every side")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of every side (medians reported)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "int8"],
-                        help="AirRep encode precisions timed (bf16 only where it has kernels)")  # fmt: skip
+                        help="AirRep encode precisions timed (bf16 where it has kernels, int8 on the CPU)")  # fmt: skip
     parser.add_argument("--gradient_batch_size", type=int, default=4)
     parser.add_argument("--encode_batch_size", type=int, default=32)
     parser.add_argument("--logra_dim", type=int, default=18432, help="LoGra numbers per example (the paper's)")
@@ -255,9 +278,15 @@ def main() -> None:
     parser.add_argument("--compare-lm-head", action="store_true",
                         help="also time the gradient methods with the LM head at every position, not only at "
                              "response positions (the default)")  # fmt: skip
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"),
+                        help="where every side runs: cpu (default) or cuda")  # fmt: skip
+    parser.add_argument("--encoder", default=None,
+                        help="MiniLM's folder (default: the bundled all-MiniLM-L6-v2 package)")  # fmt: skip
     parser.add_argument("--output", default=None, help="write the figures as JSON here")
     parser.add_argument("--plot", default=None, help="draw the cost curve (PNG) here")
     args = parser.parse_args()
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no GPU here")
     for name in args.rungs:
         if name not in NAMED_RUNGS:
             try:
@@ -269,13 +298,13 @@ def main() -> None:
         parser.error(f"--ekfac_train {args.ekfac_train} + --ekfac_queries {args.ekfac_queries} exceeds --n {args.n}")
     records = stdlib_records(args.n)
     texts = [format_text(r) for r in records][: args.n]
-    minilm = AirRepModel.from_encoder()
+    minilm = AirRepModel.from_encoder(args.encoder).float().to(args.device)
     lengths = [min(len(ids), 512) for ids in minilm.tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
     # AirRep encodes the very examples the target LMs featurize.
-    sides = [(f"airrep_minilm{'' if p == 'fp32' else '_' + p}", minilm, p)
-             for p in args.precisions if p != "bf16" or bf16_available()]  # fmt: skip
-    sides.append(("airrep_gte_small_arch", gte_small(minilm), "fp32"))
+    runs_here = {"fp32": True, "bf16": bf16_available(args.device), "int8": args.device.type == "cpu"}
+    sides = [(f"airrep_minilm{'' if p == 'fp32' else '_' + p}", minilm, p) for p in args.precisions if runs_here[p]]
+    sides.append(("airrep_gte_small_arch", gte_small(minilm).to(args.device), "fp32"))
     for _, encoder, precision in sides:  # warm-up
         encoder.encode(texts[: args.encode_batch_size], batch_size=args.encode_batch_size, precision=precision)
     rungs = [Rung(name, args, lengths) for name in args.rungs]

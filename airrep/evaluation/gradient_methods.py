@@ -232,11 +232,14 @@ class LoGra:
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no nn.Linear layer for LoGra to project")
+        # Drawn on the CPU so that a seed gives the same projections on every device, then kept on the
+        # model's device.
         generator = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device
         self.projections = {
             name: (
-                torch.randn(m.in_features, rank, generator=generator) / rank**0.5,
-                torch.randn(m.out_features, rank, generator=generator) / rank**0.5,
+                (torch.randn(m.in_features, rank, generator=generator) / rank**0.5).to(device),
+                (torch.randn(m.out_features, rank, generator=generator) / rank**0.5).to(device),
             )
             for name, m in self.layers.items()
         }
@@ -258,7 +261,7 @@ class LoGra:
 
         def capture(name: str):
             def hook(_module, args, output):
-                inputs[name] = args[0].detach() @ self.projections[name][0].to(args[0].dtype)
+                inputs[name] = args[0].detach() @ self.projections[name][0].to(args[0].device, args[0].dtype)
                 outputs[name] = output
 
             return hook
@@ -289,9 +292,9 @@ class LoGra:
         for name, delta in zip(names, deltas, strict=True):
             x = inputs[name]
             if delta is None:
-                blocks.append(torch.zeros(len(batch), self.rank * self.rank))
+                blocks.append(torch.zeros(len(batch), self.rank * self.rank, device=x.device))
                 continue
-            d = delta @ self.projections[name][1].to(delta.dtype)
+            d = delta @ self.projections[name][1].to(delta.device, delta.dtype)
             # (batch, tokens, k_out) x (batch, tokens, k_in) -> (batch, k_out, k_in)
             blocks.append(torch.einsum("bto,bti->boi", d, x).reshape(len(batch), -1))
         return torch.cat(blocks, dim=1).float().cpu().numpy()

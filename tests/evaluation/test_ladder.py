@@ -4,6 +4,7 @@ recomputed from saved score matrices, at smoke size."""
 import json
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -304,7 +305,7 @@ def test_a_stopped_cost_run_keeps_what_it_measured():
 
     from benchmarks.bench_featurization_cost import measured_figures
 
-    args = SimpleNamespace(n=4, rounds=3, preset="demo")
+    args = SimpleNamespace(n=4, rounds=3, preset="demo", device=torch.device("cpu"))
     sides = [("airrep_minilm", None, "fp32"), ("airrep_minilm_bf16", None, "bf16")]
     encode_seconds = {"airrep_minilm": [0.01, 0.03], "airrep_minilm_bf16": [0.005, 0.005]}
     done = SimpleNamespace(name="x1", logra_seconds=[0.02, 0.09], entry={
@@ -313,6 +314,7 @@ def test_a_stopped_cost_run_keeps_what_it_measured():
     started = SimpleNamespace(name="x10", logra_seconds=[], entry={"rung": "x10", "parameters": 1e7, "logra": {}})
     figures = measured_figures(args, [10, 12], sides, encode_seconds, [done, started], complete=False)
     assert figures["complete"] is False and [r["rung"] for r in figures["rungs"]] == ["x1"]
+    assert figures["device"] == (platform.processor() or platform.machine())
     assert figures["encoders"]["airrep_minilm"]["seconds_per_example"] == pytest.approx(0.02)
     assert figures["logra_over_encoder"]["x1"]["airrep_minilm"]["rounds"] == pytest.approx([2.0, 3.0])
     assert figures["ekfac_over_encoder"]["x1"]["airrep_minilm"] == pytest.approx(1.5 / (0.02 * 3))
