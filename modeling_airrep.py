@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
@@ -135,26 +136,28 @@ def _like_input(result: torch.Tensor, reference: Array) -> Array:
     return result.cpu().numpy() if isinstance(reference, np.ndarray) else result
 
 
+# encode() tokenizes this many texts at a time and sorts each such window by length; only one
+# window's token ids are held, whatever the number of texts.
+ENCODE_WINDOW = 16384
+
+
 def longest_first(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, window: int = 4096
-) -> list[int]:
-    """Indices of ``texts`` sorted by truncated token count, longest first (stable for ties).
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> tuple[BatchEncoding, list[int]]:
+    """Tokenize ``texts`` once (truncated, unpadded) and sort their indices by token count, longest
+    first (stable for ties).
 
     Batching in this order keeps padding small (character counts are a poor proxy for code and
-    numbers). Texts are tokenized in windows so that only the counts, never all token ids, are held.
+    numbers); :func:`padded_batch` then pads each batch from the same token ids, so no text is
+    tokenized twice (on a GPU the tokenizer, not the encoder, bounds ``encode``).
     """
-    lengths: list[int] = []
-    for start in range(0, len(texts), window):
-        encoded = tokenizer(
-            list(texts[start : start + window]),
-            truncation=True,
-            max_length=max_length,
-            return_length=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
-        lengths.extend(encoded["length"])
-    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return encoded, sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
+
+
+def padded_batch(tokenizer: PreTrainedTokenizerBase, encoded: BatchEncoding, rows: Sequence[int]) -> BatchEncoding:
+    """``rows`` of :func:`longest_first`'s encodings, padded to the longest of them, as tensors."""
+    return tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt")
 
 
 def similarity(query_embeddings: Array, corpus_embeddings: Array) -> Array:
@@ -740,8 +743,9 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
     ) -> Array:
         """Embed strings or records of any schema that [`format_text`] knows.
 
-        Texts are sorted by token count (longest first) so each batch pads little, and returned in
-        input order. Inputs longer than ``config.max_seq_length`` tokens are truncated.
+        Each text is tokenized once. Up to ``ENCODE_WINDOW`` texts at a time are sorted by token count
+        (longest first), so each batch pads little; the embeddings come back in input order. Inputs
+        longer than ``config.max_seq_length`` tokens are truncated.
 
         Args:
             inputs: One string or record, or an iterable of them.
@@ -766,29 +770,29 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         single = isinstance(inputs, (str, Mapping))
         items = [inputs] if single else list(inputs)
         texts = [self.config.format_text(item, index=i) for i, item in enumerate(items)]
-        order = longest_first(self.tokenizer, texts, self.config.max_seq_length)
         result = torch.empty(len(texts), self.config.projection_dim, dtype=torch.float32)
-        starts = range(0, len(texts), batch_size)
+        windows = range(0, len(texts), ENCODE_WINDOW)
+        n_batches = sum(math.ceil(len(texts[first : first + ENCODE_WINDOW]) / batch_size) for first in windows)
         if show_progress_bar is None:
-            show_progress_bar = len(starts) > 1 and logging.is_progress_bar_enabled()
+            show_progress_bar = n_batches > 1 and logging.is_progress_bar_enabled()
         was_training = self.training
         self.eval()
         try:
             model, context = self._for_precision(precision)
-            for start in logging.tqdm(starts, desc="Encoding", disable=not show_progress_bar):
-                batch = order[start : start + batch_size]
-                features = self.tokenizer(
-                    [texts[i] for i in batch],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.config.max_seq_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                with context():
-                    embeddings = model(**features).sentence_embedding.float()
-                if normalize_embeddings:
-                    embeddings = nn.functional.normalize(embeddings, dim=-1)
-                result[torch.as_tensor(batch)] = embeddings.cpu()
+            with logging.tqdm(total=n_batches, desc="Encoding", disable=not show_progress_bar) as progress:
+                for first in windows:
+                    encoded, order = longest_first(
+                        self.tokenizer, texts[first : first + ENCODE_WINDOW], self.config.max_seq_length
+                    )
+                    for start in range(0, len(order), batch_size):
+                        batch = order[start : start + batch_size]
+                        features = padded_batch(self.tokenizer, encoded, batch).to(self.device)
+                        with context():
+                            embeddings = model(**features).sentence_embedding.float()
+                        if normalize_embeddings:
+                            embeddings = nn.functional.normalize(embeddings, dim=-1)
+                        result[torch.as_tensor(batch) + first] = embeddings.cpu()
+                        progress.update()
         finally:
             self.train(was_training)
         if single:

@@ -91,7 +91,7 @@ def main() -> None:
     model = AirRepModel.from_encoder().eval()
     records = stdlib_records(args.n)
     texts = [model.config.format_text(r) for r in records]
-    sorted_order = longest_first(model.tokenizer, texts, model.config.max_seq_length)  # what encode() uses
+    _, sorted_order = longest_first(model.tokenizer, texts, model.config.max_seq_length)  # what encode() uses
     sorted_batches = tokenized_batches(model, texts, sorted_order, args.batch_size)
     unsorted_batches = tokenized_batches(model, texts, list(range(len(texts))), args.batch_size)
     tokens = sum(int(b["attention_mask"].sum()) for b in sorted_batches)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_encode_roofline import corpus_texts
-from modeling_airrep import AirRepModel, bf16_available, longest_first
+from modeling_airrep import AirRepModel, bf16_available, longest_first, padded_batch
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -43,12 +43,10 @@ NAMES = ("input_ids", "attention_mask", "token_type_ids")
 def batches(model: AirRepModel, records: list[dict], batch_size: int) -> tuple[list[dict], float]:
     """Padded token batches, longest text first, as ``encode`` makes them, and the padding's share."""
     texts = [model.config.format_text(r) for r in records]
-    order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
+    encoded, order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
     out, real, total = [], 0, 0
     for start in range(0, len(texts), batch_size):
-        chunk = [texts[i] for i in order[start : start + batch_size]]
-        features = model.tokenizer(chunk, padding=True, truncation=True, max_length=model.config.max_seq_length,
-                                   return_tensors="pt")  # fmt: skip
+        features = padded_batch(model.tokenizer, encoded, order[start : start + batch_size])
         out.append({k: features[k] for k in NAMES})
         real += int(features["attention_mask"].sum())
         total += features["attention_mask"].numel()

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, longest_first
+from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, longest_first, padded_batch
 
 
 def corpus_texts(n: int, path: Path | None = None) -> list[dict]:
@@ -178,11 +178,9 @@ def main() -> None:
     for batch_size in args.batch_sizes:  # what encode() runs on the CPU before each forward
 
         def tokenize(batch_size: int = batch_size) -> None:
-            order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
+            encoded, order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
             for start in range(0, len(order), batch_size):
-                batch = [texts[i] for i in order[start : start + batch_size]]
-                model.tokenizer(batch, padding=True, truncation=True, max_length=model.config.max_seq_length,
-                                return_tensors="pt")  # fmt: skip
+                padded_batch(model.tokenizer, encoded, order[start : start + batch_size])
 
         tokenize_seconds[batch_size] = time_call(tokenize, repeats=args.repeats)
     reference = embeddings[("fp32", args.batch_sizes[0])]

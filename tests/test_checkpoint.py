@@ -154,6 +154,31 @@ def test_encode_keeps_input_order_and_formats_records(model):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
 
 
+class CountingTokenizer:
+    """The model's own tokenizer, counting the texts it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, **kwargs):
+        self.texts.extend([texts] if isinstance(texts, str) else texts)
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_encode_tokenizes_each_text_once_over_several_windows(model, monkeypatch):
+    texts = [model.config.format_text(record) for record in RECORDS] + TEXTS
+    one_by_one = np.stack([model.encode(text) for text in texts])
+    counting = CountingTokenizer(model.tokenizer)
+    monkeypatch.setattr(model, "tokenizer", counting)
+    monkeypatch.setattr(modeling_airrep, "ENCODE_WINDOW", 4)  # 10 texts: windows of 4, 4 and 2
+    batched = model.encode(texts, batch_size=3)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
+    assert sorted(counting.texts) == sorted(texts)  # once each: the batches are padded from the same ids
+
+
 def test_encode_output_types(model):
     single = model.encode("one text")
     assert isinstance(single, np.ndarray) and single.shape == (384,)
