@@ -19,12 +19,19 @@ as LoGra's here. The tracked layers are every ``nn.Linear`` but the LM head, who
 would be vocabulary x vocabulary (2.4 billion numbers for SmolLM2's 49,152 tokens).
 
 Nothing is stored per example: the factors are the whole index, and every batch of queries
-recomputes every training gradient. The cost therefore grows with queries times pool.
+recomputes every training gradient. The cost therefore grows with queries times pool: hours on a
+CPU at 135M parameters. Given a ``workdir``, the job resumes: each stage of the fit and each pass of
+queries is kept there once finished, and a rerun on the same model and examples starts after the
+last one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import shutil
 import tempfile
 import time
 import warnings
@@ -49,6 +56,7 @@ from airrep.labels.target_lm import (
     selects_logits,
     token_losses,
 )
+from airrep.outputs import write_json
 
 KRONECKER_METHODS = ("ekfac", "kfac")
 
@@ -163,7 +171,9 @@ def kronecker_influence(
             are float64 either way).
         response_logits_only: Run the LM head only at response positions (it is not tracked, so the
             scores are the same).
-        workdir: Where kronfluence writes its factors and scores; a temporary folder when None.
+        workdir: Where kronfluence writes its factors and scores, and where the job resumes from (each
+            fit stage and each pass of queries that finished, for the same model, examples and
+            settings); a temporary folder when None. Its ``progress.json`` keeps what each took.
     """
     if strategy not in KRONECKER_METHODS:
         raise ValueError(f"strategy must be one of {KRONECKER_METHODS}, got {strategy!r}")
@@ -171,6 +181,8 @@ def kronecker_influence(
     task = ResponseLossTask(tracked, response_logits_only and selects_logits(model))
     modules = dict(model.named_modules())
     n_tracked_params = sum(p.numel() for name in tracked for p in modules[name].parameters())
+    # Before kronfluence wraps the layers: the stamp reads the model's own weights.
+    job = _job_stamp(model, train, queries, strategy, batch_size, seed, empirical_fisher, dtype, response_logits_only)
     prepared = prepare_model(model, task)
     loader = DataLoaderKwargs(collate_fn=lambda batch: collate_sft(batch, pad_id))
     factor_args = FactorArguments(
@@ -180,28 +192,56 @@ def kronecker_influence(
     score_args = ScoreArguments(damping_factor=None, per_sample_gradient_dtype=dtype, precondition_dtype=dtype,
                                 score_dtype=dtype)  # fmt: skip
     n_query_batch = query_batch_size(n_tracked_params, memory_gib, len(queries), torch.finfo(dtype).bits // 8)
-    with tempfile.TemporaryDirectory(prefix="kronfluence-") as scratch, warnings.catch_warnings():
+    place = contextlib.nullcontext(workdir) if workdir else tempfile.TemporaryDirectory(prefix="kronfluence-")
+    with place as out, warnings.catch_warnings():
+        out = Path(out)
+        progress_file = out / "progress.json"
+        progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+        if progress.get("job") != job:  # another model, other examples or settings: nothing to reuse
+            if progress_file.exists():
+                logger.warning("%s: %s holds another job's factors; starting over", strategy, out)
+            shutil.rmtree(out, ignore_errors=True)
+            progress = {"job": job, "seconds": {}}
+        out.mkdir(parents=True, exist_ok=True)
+        seconds: dict[str, float] = progress["seconds"]
+
+        def stage(name: str, run) -> None:
+            """Run one resumable stage unless it finished before; kronfluence overwrites what a stopped
+            run of it left."""
+            if name in seconds:
+                logger.info("%s: %s already done in %s", strategy, name, out)
+                return
+            torch.manual_seed(seed)  # the true Fisher's sampled labels do not depend on where a run resumed
+            tic = time.perf_counter()
+            run()
+            seconds[name] = time.perf_counter() - tic
+            write_json(progress_file, progress)
+
         # kronfluence 1.0.1 builds torch.cuda.amp.GradScaler (disabled on CPU), which torch now flags.
         warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
         analyzer = Analyzer(
             "airrep", prepared, task, cpu=not torch.cuda.is_available(), log_level=logging.WARNING,
-            output_dir=str(workdir or scratch),
+            output_dir=str(out),
         )  # fmt: skip
-        torch.manual_seed(seed)
-        tic = time.perf_counter()
-        analyzer.fit_all_factors(
-            strategy, dataset=list(train), per_device_batch_size=batch_size, factor_args=factor_args,
-            dataloader_kwargs=loader, overwrite_output_dir=True,
-        )  # fmt: skip
-        fit_seconds = time.perf_counter() - tic
-        tic = time.perf_counter()
-        analyzer.compute_pairwise_scores(
-            "pairs", factors_name=strategy, query_dataset=list(queries), train_dataset=list(train),
-            per_device_query_batch_size=n_query_batch, per_device_train_batch_size=batch_size,
-            score_args=score_args, dataloader_kwargs=loader, overwrite_output_dir=True,
-        )  # fmt: skip
-        score_seconds = time.perf_counter() - tic
-        scores = analyzer.load_pairwise_scores("pairs")["all_modules"]
+        fit = dict(factors_name=strategy, factor_args=factor_args, overwrite_output_dir=True)
+        data = dict(dataset=list(train), per_device_batch_size=batch_size, dataloader_kwargs=loader)
+        stage("covariances", lambda: analyzer.fit_covariance_matrices(**fit, **data))
+        stage("eigendecomposition", lambda: analyzer.perform_eigendecomposition(**fit))
+        if strategy == "ekfac":
+            stage("eigenvalue refit", lambda: analyzer.fit_lambda_matrices(**fit, **data))
+        passes = []
+        for start in range(0, len(queries), n_query_batch):
+            name = f"queries {start}-{min(start + n_query_batch, len(queries))}"
+            stage(name, lambda start=start, name=name: analyzer.compute_pairwise_scores(
+                name.replace(" ", "-"), factors_name=strategy,
+                query_dataset=list(queries[start : start + n_query_batch]), train_dataset=list(train),
+                per_device_query_batch_size=n_query_batch, per_device_train_batch_size=batch_size,
+                score_args=score_args, dataloader_kwargs=loader, overwrite_output_dir=True,
+            ))  # fmt: skip
+            passes.append(analyzer.load_pairwise_scores(name.replace(" ", "-"))["all_modules"])
+        scores = torch.cat(passes) if passes else torch.zeros(0, len(train))
+        fit_seconds = sum(v for k, v in seconds.items() if not k.startswith("queries "))
+        score_seconds = sum(v for k, v in seconds.items() if k.startswith("queries "))
         factors = analyzer.factors_output_dir(strategy)
         factor_bytes = sum(f.stat().st_size for name in _PRECONDITIONING_FACTORS[strategy]
                            for f in factors.glob(f"{name}*.safetensors"))  # fmt: skip
@@ -210,3 +250,20 @@ def kronecker_influence(
         strategy, len(tracked), fit_seconds, len(queries), len(train), score_seconds, n_query_batch,
     )  # fmt: skip
     return InfluenceScores(scores.detach().cpu().numpy(), fit_seconds, score_seconds, factor_bytes, len(tracked))
+
+
+def _job_stamp(
+    model: torch.nn.Module, train: Sequence[SFTExample], queries: Sequence[SFTExample], *settings: Any
+) -> str:
+    """A fingerprint of what an influence job's results depend on: the weights, the examples and the
+    settings, so that a workdir is resumed only by the same job."""
+    digest = hashlib.sha256(repr([str(s) for s in settings]).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for examples in (train, queries):
+        digest.update(str(len(examples)).encode())
+        for example in examples:
+            for tokens in (example.input_ids, example.labels):
+                digest.update(np.asarray(tokens, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()

@@ -229,8 +229,12 @@ class GradientState:
         dims: list[int],
         gradient_memory_gib: float = 6.0,
         source: str = "the labels",
+        workdir: Path | None = None,
     ) -> None:
         """Fine-tune ``target`` on the whole pool with the SFT ``settings`` a labels dataset records.
+
+        ``workdir`` keeps the intermediate results of the long jobs (EK-FAC, K-FAC), one folder per
+        method, so that a stopped evaluation resumes them; a temporary folder each when None.
 
         Raises:
             UsageError: no target LM or no settings (``source`` names where they were looked for).
@@ -260,6 +264,7 @@ class GradientState:
         self.setup_seconds = time.perf_counter() - tic
         self.target, self.sft = target, sft
         self.preset = preset
+        self.workdir = workdir
         self.dims = dims
         self.gradient_memory_gib = gradient_memory_gib
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -322,7 +327,7 @@ class GradientState:
         model.set_attn_implementation("sdpa")  # no vmap here: the fused attention is allowed
         result = kronecker_influence(
             model, self.pool, self.queries, self.pad_id, strategy, self.preset.gradient_batch_size,
-            self.gradient_memory_gib, self.preset.seed,
+            self.gradient_memory_gib, self.preset.seed, workdir=self.method_workdir(strategy),
         )  # fmt: skip
         curvature = ("eigenvalues refitted to the per-example gradients (EK-FAC)" if strategy == "ekfac"
                      else "the factors' own eigenvalues (K-FAC)")  # fmt: skip
@@ -334,6 +339,10 @@ class GradientState:
         return Featurized("gradient", description, result.fit_seconds + result.score_seconds,
                           result.factor_bytes / len(self.pool), scores=result.scores.astype(np.float64),
                           setup_seconds=self.setup_seconds)  # fmt: skip
+
+    def method_workdir(self, name: str) -> Path | None:
+        """Where method ``name`` keeps what a stopped run of it resumes from, if anywhere."""
+        return self.workdir / name if self.workdir else None
 
     def about(self) -> str:
         precision = ", bf16 autocast" if self.sft.bf16 else ""

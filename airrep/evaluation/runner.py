@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import traceback
 from collections import Counter
@@ -265,8 +266,10 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
         settings["projection_dims"] = dims
     if args.encode_precision != "fp32":  # reports made before the option were fp32 and record none
         settings["encode_precision"] = args.encode_precision
+    work = folder / "work"  # what long gradient jobs resume from (GradientState.method_workdir)
     if args.overwrite:
         write_json(folder / "eval_settings.json", settings)
+        shutil.rmtree(work, ignore_errors=True)
     claim(folder, "eval_settings.json", settings,
           "use another --output_dir, or pass --overwrite to recompute every method")  # fmt: skip
     ceiling = labels_noise_ceiling(data)
@@ -301,7 +304,7 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
             if name in gradient_names:
                 state = state or GradientState(
                     args.target_lm or data.summary.get("target_lm"), data.summary.get("settings"), data.pool_records,
-                    data.query_records, preset, dims, args.gradient_memory_gib, data.source,
+                    data.query_records, preset, dims, args.gradient_memory_gib, data.source, work,
                 )  # fmt: skip
                 features = runner(data, preset, args, state)
             else:
@@ -314,6 +317,8 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
             errors[name] = f"{type(error).__name__}: {error}"
             continue
         write_json(file, entry)
+        if state is not None and (scratch := state.method_workdir(name)) is not None:
+            shutil.rmtree(scratch, ignore_errors=True)  # scored: its factors (gigabytes at 135M) are done with
         lds_line = ", ".join(f"{p} {100 * v['lds']:.1f}" for p, v in entry["poolings"].items())
         logger.info("%s: LDS x100 %s", name, lds_line)
         assemble(folder, data, preset, list(runners), ceiling, errors)

@@ -2,9 +2,12 @@
 per-token activations and output gradients from hooks, one backward per example, explicit
 eigendecompositions and an explicit eigenvalue refit, all in float64."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from kronfluence.analyzer import Analyzer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from airrep.evaluation.influence_functions import (
@@ -103,6 +106,44 @@ def test_query_batches_and_training_batches_do_not_change_the_scores(examples):
     second = kronecker_influence(tiny_llama(), examples, examples[:5], PAD, "ekfac", batch_size=4, memory_gib=1e-9,
                                  empirical_fisher=True, dtype=torch.float64)  # fmt: skip
     np.testing.assert_allclose(second.scores, first.scores, rtol=1e-9, atol=1e-12)
+
+
+def test_a_stopped_job_resumes_after_its_last_finished_stage(examples, tmp_path, monkeypatch):
+    workdir = tmp_path / "ekfac"
+    options = dict(batch_size=7, memory_gib=1e-9, empirical_fisher=False, dtype=torch.float64)  # a pass per query
+    whole = kronecker_influence(tiny_llama(), examples, examples[:3], PAD, "ekfac", workdir=workdir, **options)
+    progress = json.loads((workdir / "progress.json").read_text())
+    stages = ["covariances", "eigendecomposition", "eigenvalue refit", "queries 0-1", "queries 1-2", "queries 2-3"]
+    assert list(progress["seconds"]) == stages
+    assert whole.fit_seconds == pytest.approx(sum(progress["seconds"][s] for s in stages[:3]))
+    # Stopped during the last pass: a rerun recomputes that pass only, and the scores are the same.
+    del progress["seconds"]["queries 2-3"]
+    (workdir / "progress.json").write_text(json.dumps(progress))
+    passes = []
+    compute = Analyzer.compute_pairwise_scores
+
+    def counted(self, scores_name, **kwargs):
+        passes.append(scores_name)
+        return compute(self, scores_name, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a finished fit stage was run again")
+
+    monkeypatch.setattr(Analyzer, "compute_pairwise_scores", counted)
+    for stage in ("fit_covariance_matrices", "perform_eigendecomposition", "fit_lambda_matrices"):
+        monkeypatch.setattr(Analyzer, stage, refused)
+    resumed = kronecker_influence(tiny_llama(), examples, examples[:3], PAD, "ekfac", workdir=workdir, **options)
+    assert passes == ["queries-2-3"]
+    np.testing.assert_array_equal(resumed.scores, whole.scores)
+    assert resumed.fit_seconds == whole.fit_seconds
+    monkeypatch.undo()
+    # Without a workdir (a temporary one) the sampled Fisher, seeded per stage, gives the same scores.
+    again = kronecker_influence(tiny_llama(), examples, examples[:3], PAD, "ekfac", **options)
+    np.testing.assert_allclose(again.scores, whole.scores, rtol=1e-12, atol=1e-15)
+    # Another model's job does not reuse the folder.
+    other = kronecker_influence(tiny_llama(seed=1), examples, examples[:3], PAD, "ekfac", workdir=workdir, **options)
+    assert not np.allclose(other.scores, whole.scores)
+    assert json.loads((workdir / "progress.json").read_text())["job"] != progress["job"]
 
 
 def test_the_true_fisher_samples_targets_at_response_positions_only_and_is_seeded(examples):

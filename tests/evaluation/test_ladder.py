@@ -290,6 +290,8 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
     for name in ("grad-dot-lora@16", "tracin-lora@24", "grad-cos@24", "logra@16", "ekfac", "tfidf"):
         assert name in compared, name
     assert json.loads((tmp_path / "cost.json").read_text())["rungs"][0]["ekfac"]["queries"] == 1
+    # EK-FAC's resumable job kept its factors in the report's work folder until it was scored.
+    assert (tmp_path / "report-ekfac" / "work").is_dir() and not (tmp_path / "report-ekfac" / "work" / "ekfac").exists()
     ladder = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
     assert {"airrep", "ekfac", "grad-dot-lora@16"} <= set(ladder["rungs"]["x1"]["methods"])
     labels_card = (tmp_path / "labels-lds" / "README.md").read_text()
