@@ -57,7 +57,9 @@ case ${1:-} in
     # EK-FAC passes over the pool once per batch of queries, as many as their full gradients (two copies of
     # 425 MB each at this size) fit in --gradient_memory_gib: 12 GiB makes 14 passes over the 200 queries
     # rather than 29 at the default 6. Training gradients then come 4 at a time (425 MB each per example),
-    # so that all fits in 24 GiB; apart from the other methods, whose budgets differ.
+    # so that all fits in 24 GiB; apart from the other methods, whose budgets differ. About 4.5 hours on
+    # 2 cores (a 45-minute fit, then about 16 minutes per pass); a rerun resumes after the last finished
+    # stage or pass (the report's work/ekfac).
     "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-ekfac" \
       --methods ekfac --gradient_memory_gib "${EKFAC_MEMORY_GIB:-12}" --gradient_batch_size 4
     if ((${#models[@]})); then
