@@ -198,9 +198,9 @@ def kronecker_influence(
         progress_file = out / "progress.json"
         progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         if progress.get("job") != job:  # another model, other examples or settings: nothing to reuse
-            if progress_file.exists():
+            if progress_file.exists():  # only a folder this function made is emptied
                 logger.warning("%s: %s holds another job's factors; starting over", strategy, out)
-            shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(out)
             progress = {"job": job, "seconds": {}}
         out.mkdir(parents=True, exist_ok=True)
         seconds: dict[str, float] = progress["seconds"]
@@ -225,23 +225,28 @@ def kronecker_influence(
         )  # fmt: skip
         fit = dict(factors_name=strategy, factor_args=factor_args, overwrite_output_dir=True)
         data = dict(dataset=list(train), per_device_batch_size=batch_size, dataloader_kwargs=loader)
-        stage("covariances", lambda: analyzer.fit_covariance_matrices(**fit, **data))
-        stage("eigendecomposition", lambda: analyzer.perform_eigendecomposition(**fit))
+        fit_stages = {
+            "covariances": lambda: analyzer.fit_covariance_matrices(**fit, **data),
+            "eigendecomposition": lambda: analyzer.perform_eigendecomposition(**fit),
+        }
         if strategy == "ekfac":
-            stage("eigenvalue refit", lambda: analyzer.fit_lambda_matrices(**fit, **data))
-        passes = []
+            fit_stages["eigenvalue refit"] = lambda: analyzer.fit_lambda_matrices(**fit, **data)
+        for name, run in fit_stages.items():
+            stage(name, run)
+        passes, parts = [], []
         for start in range(0, len(queries), n_query_batch):
-            name = f"queries {start}-{min(start + n_query_batch, len(queries))}"
+            passes.append(name := f"queries {start}-{min(start + n_query_batch, len(queries))}")
             stage(name, lambda start=start, name=name: analyzer.compute_pairwise_scores(
                 name.replace(" ", "-"), factors_name=strategy,
                 query_dataset=list(queries[start : start + n_query_batch]), train_dataset=list(train),
                 per_device_query_batch_size=n_query_batch, per_device_train_batch_size=batch_size,
                 score_args=score_args, dataloader_kwargs=loader, overwrite_output_dir=True,
             ))  # fmt: skip
-            passes.append(analyzer.load_pairwise_scores(name.replace(" ", "-"))["all_modules"])
-        scores = torch.cat(passes) if passes else torch.zeros(0, len(train))
-        fit_seconds = sum(v for k, v in seconds.items() if not k.startswith("queries "))
-        score_seconds = sum(v for k, v in seconds.items() if k.startswith("queries "))
+            parts.append(analyzer.load_pairwise_scores(name.replace(" ", "-"))["all_modules"])
+        scores = torch.cat(parts) if parts else torch.zeros(0, len(train))
+        # Only this run's stages: a pass of another size, left by a run with another memory budget, is not.
+        fit_seconds = sum(seconds[name] for name in fit_stages)
+        score_seconds = sum(seconds[name] for name in passes)
         factors = analyzer.factors_output_dir(strategy)
         factor_bytes = sum(f.stat().st_size for name in _PRECONDITIONING_FACTORS[strategy]
                            for f in factors.glob(f"{name}*.safetensors"))  # fmt: skip

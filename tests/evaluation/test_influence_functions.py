@@ -137,6 +137,12 @@ def test_a_stopped_job_resumes_after_its_last_finished_stage(examples, tmp_path,
     np.testing.assert_array_equal(resumed.scores, whole.scores)
     assert resumed.fit_seconds == whole.fit_seconds
     monkeypatch.undo()
+    # With room for every query: one new pass, and the three smaller ones are not counted in its time.
+    one_pass = kronecker_influence(tiny_llama(), examples, examples[:3], PAD, "ekfac", workdir=workdir,
+                                   **{**options, "memory_gib": 1.0})  # fmt: skip
+    np.testing.assert_allclose(one_pass.scores, whole.scores, rtol=1e-9, atol=1e-15)
+    seconds = json.loads((workdir / "progress.json").read_text())["seconds"]
+    assert one_pass.score_seconds == seconds["queries 0-3"] and one_pass.fit_seconds == whole.fit_seconds
     # Without a workdir (a temporary one) the sampled Fisher, seeded per stage, gives the same scores.
     again = kronecker_influence(tiny_llama(), examples, examples[:3], PAD, "ekfac", **options)
     np.testing.assert_allclose(again.scores, whole.scores, rtol=1e-12, atol=1e-15)
