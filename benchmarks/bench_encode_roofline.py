@@ -70,22 +70,30 @@ def encoder_flops(model: AirRepModel, lengths: list[int]) -> float:
     return float(sum(per_text))
 
 
-def synchronize(device: torch.device) -> None:
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a host clock read after it counts that work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def device_name(device: torch.device) -> str:
+    """The processor that ran the figures, as the reports name it."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 CPU = torch.device("cpu")
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5, device: torch.device = CPU) -> float:
+def time_call(fn: Callable[[], object], repeats: int = 5) -> float:
     fn()  # warm up: oneDNN primitives and quantized weights are made on the first call
     times = []
     for _ in range(repeats):
-        synchronize(device)
+        synchronize()
         tic = time.perf_counter()
         fn()
-        synchronize(device)
+        synchronize()
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
 
@@ -114,7 +122,7 @@ def matmul_peaks(model: AirRepModel, tokens: int) -> dict[str, dict[str, float]]
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 a, w = x.to(dtype), torch.randn(k, m, generator=generator).to(device, dtype)
                 with torch.inference_mode():
-                    seconds = time_call(lambda a=a, w=w: a @ w, device=device)
+                    seconds = time_call(lambda a=a, w=w: a @ w)
             peaks[precision][name] = flops / seconds / 1e9
         # The mix: each shape's share of a layer's linear FLOPs (Q, K, V and O are four d x d).
         total = sum(k * m * count for k, m, count in shapes.values())
@@ -149,9 +157,7 @@ def main() -> None:
     records = corpus_texts(args.n, args.records)
     lengths = token_counts(model, records)
     flops = encoder_flops(model, lengths)
-    processor = platform.processor() or platform.machine()
-    if device.type == "cuda":
-        processor = torch.cuda.get_device_name(device)
+    processor = device_name(device)
     print(f"{processor}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, bf16 kernels: {bf16}")
     print(f"{len(records)} texts, median {int(np.median(lengths))} tokens (max {max(lengths)}), "
           f"{flops / len(records) / 1e9:.2f} GFLOP per text")  # fmt: skip
@@ -169,7 +175,7 @@ def main() -> None:
         embeddings[v] = model.encode(records[:64], batch_size=v[1], precision=v[0], show_progress_bar=False)
     for r in range(args.repeats):
         for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            synchronize(device)
+            synchronize()
             tic = time.perf_counter()
             embeddings[v] = model.encode(records, batch_size=v[1], precision=v[0], show_progress_bar=False)
             times[v].append(time.perf_counter() - tic)

@@ -69,6 +69,7 @@ from airrep.labels.target_lm import IGNORE_INDEX, SFTExample, llama_config
 from airrep.outputs import write_json
 from airrep.presets import LABEL_PRESETS
 from benchmarks.bench_encode import stdlib_records
+from benchmarks.bench_encode_roofline import device_name, synchronize
 from configuration_airrep import format_text
 from modeling_airrep import AirRepConfig, AirRepModel, bf16_available
 
@@ -85,27 +86,12 @@ def gte_small(minilm: AirRepModel) -> AirRepModel:
     return model
 
 
-def synchronize() -> None:
-    """Wait for queued GPU work, so that a host clock read after it counts that work."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
 def timed(function, *args, **kwargs):
     synchronize()
     tic = time.perf_counter()
     result = function(*args, **kwargs)
     synchronize()
     return result, time.perf_counter() - tic
-
-
-def device_name(device: torch.device) -> str:
-    """The processor that ran the figures, as the report names it."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def build_rung(name: str, preset: str) -> torch.nn.Module:

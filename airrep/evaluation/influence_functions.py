@@ -236,13 +236,14 @@ def kronecker_influence(
         passes, parts = [], []
         for start in range(0, len(queries), n_query_batch):
             passes.append(name := f"queries {start}-{min(start + n_query_batch, len(queries))}")
-            stage(name, lambda start=start, name=name: analyzer.compute_pairwise_scores(
-                name.replace(" ", "-"), factors_name=strategy,
+            scores_name = name.replace(" ", "-")
+            stage(name, lambda start=start, scores_name=scores_name: analyzer.compute_pairwise_scores(
+                scores_name, factors_name=strategy,
                 query_dataset=list(queries[start : start + n_query_batch]), train_dataset=list(train),
                 per_device_query_batch_size=n_query_batch, per_device_train_batch_size=batch_size,
                 score_args=score_args, dataloader_kwargs=loader, overwrite_output_dir=True,
             ))  # fmt: skip
-            parts.append(analyzer.load_pairwise_scores(name.replace(" ", "-"))["all_modules"])
+            parts.append(analyzer.load_pairwise_scores(scores_name)["all_modules"])
         scores = torch.cat(parts) if parts else torch.zeros(0, len(train))
         # Only this run's stages: a pass of another size, left by a run with another memory budget, is not.
         fit_seconds = sum(seconds[name] for name in fit_stages)
