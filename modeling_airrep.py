@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,38 @@ def longest_first(
 def padded_batch(tokenizer: PreTrainedTokenizerBase, encoded: BatchEncoding, rows: Sequence[int]) -> BatchEncoding:
     """``rows`` of :func:`longest_first`'s encodings, padded to the longest of them, as tensors."""
     return tokenizer.pad({key: [values[i] for i in rows] for key, values in encoded.items()}, return_tensors="pt")
+
+
+def prefetches_tokenization(device: torch.device) -> bool:
+    """Whether encode() tokenizes the next window in a background thread while ``device`` encodes this
+    one: on an accelerator the CPU's tokenizer otherwise leaves it idle (on an H200, tokenizing took half
+    or more of encode's time); on the CPU both would share the same cores."""
+    return device.type != "cpu"
+
+
+def tokenized_windows(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, prefetch: bool = False
+) -> Iterator[tuple[int, BatchEncoding, list[int]]]:
+    """``(first, encodings, order)`` of :func:`longest_first` for each ``ENCODE_WINDOW`` texts from
+    ``texts[first]`` on. With ``prefetch``, one worker thread tokenizes the next window while the caller
+    works on this one (the Rust tokenizer runs without the GIL); only that thread calls the tokenizer,
+    so its settings are never changed under a running call."""
+    firsts = range(0, len(texts), ENCODE_WINDOW)
+
+    def tokenize(first: int) -> tuple[BatchEncoding, list[int]]:
+        return longest_first(tokenizer, texts[first : first + ENCODE_WINDOW], max_length)
+
+    if not prefetch or len(firsts) < 2:
+        for first in firsts:
+            yield first, *tokenize(first)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode-tokenizer") as worker:
+        pending = worker.submit(tokenize, firsts[0])
+        for index, first in enumerate(firsts):
+            encoded, order = pending.result()
+            if index + 1 < len(firsts):
+                pending = worker.submit(tokenize, firsts[index + 1])
+            yield first, encoded, order
 
 
 def similarity(query_embeddings: Array, corpus_embeddings: Array) -> Array:
@@ -745,7 +778,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
 
         Each text is tokenized once. Up to ``ENCODE_WINDOW`` texts at a time are sorted by token count
         (longest first), so each batch pads little; the embeddings come back in input order. Inputs
-        longer than ``config.max_seq_length`` tokens are truncated.
+        longer than ``config.max_seq_length`` tokens are truncated. On an accelerator the next window is
+        tokenized in a background thread while this one encodes ([`prefetches_tokenization`]).
 
         Args:
             inputs: One string or record, or an iterable of them.
@@ -771,19 +805,22 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         items = [inputs] if single else list(inputs)
         texts = [self.config.format_text(item, index=i) for i, item in enumerate(items)]
         result = torch.empty(len(texts), self.config.projection_dim, dtype=torch.float32)
-        windows = range(0, len(texts), ENCODE_WINDOW)
-        n_batches = sum(math.ceil(len(texts[first : first + ENCODE_WINDOW]) / batch_size) for first in windows)
+        firsts = range(0, len(texts), ENCODE_WINDOW)
+        n_batches = sum(math.ceil(min(ENCODE_WINDOW, len(texts) - first) / batch_size) for first in firsts)
         if show_progress_bar is None:
             show_progress_bar = n_batches > 1 and logging.is_progress_bar_enabled()
         was_training = self.training
         self.eval()
         try:
             model, context = self._for_precision(precision)
+            windows = tokenized_windows(
+                self.tokenizer, texts, self.config.max_seq_length, prefetches_tokenization(self.device)
+            )
             with logging.tqdm(total=n_batches, desc="Encoding", disable=not show_progress_bar) as progress:
-                for first in windows:
-                    encoded, order = longest_first(
-                        self.tokenizer, texts[first : first + ENCODE_WINDOW], self.config.max_seq_length
-                    )
+                for first, encoded, order in windows:
+                    # Kept on the device in sorted order and copied back once a window: a copy per batch
+                    # would make the CPU wait for each forward before padding the next batch.
+                    sorted_embeddings = torch.empty(len(order), self.config.projection_dim, device=self.device)
                     for start in range(0, len(order), batch_size):
                         batch = order[start : start + batch_size]
                         features = padded_batch(self.tokenizer, encoded, batch).to(self.device)
@@ -791,8 +828,9 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                             embeddings = model(**features).sentence_embedding.float()
                         if normalize_embeddings:
                             embeddings = nn.functional.normalize(embeddings, dim=-1)
-                        result[torch.as_tensor(batch) + first] = embeddings.cpu()
+                        sorted_embeddings[start : start + len(batch)] = embeddings
                         progress.update()
+                    result[torch.as_tensor(order) + first] = sorted_embeddings.cpu()
         finally:
             self.train(was_training)
         if single:

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import modeling_airrep
 from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, longest_first, padded_batch
 
 
@@ -147,9 +148,17 @@ def main() -> None:
                         help="JSON-lines records to encode instead of the real-text corpus's")  # fmt: skip
     parser.add_argument("--encoder", default=None,
                         help="Encoder folder for an untrained AirRep (default: the bundled MiniLM).")  # fmt: skip
+    parser.add_argument("--window", type=int, default=modeling_airrep.ENCODE_WINDOW,
+                        help="Texts encode() tokenizes at once (ENCODE_WINDOW); under --n makes several")  # fmt: skip
+    parser.add_argument("--prefetch", choices=["auto", "on", "off"], default="auto",
+                        help="Tokenize the next window while this one encodes: auto = on accelerators only, "
+                             "as encode() does")  # fmt: skip
     args = parser.parse_args()
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no GPU here")
+    modeling_airrep.ENCODE_WINDOW = args.window
+    if args.prefetch != "auto":
+        modeling_airrep.prefetches_tokenization = lambda device: args.prefetch == "on"
 
     model = AirRepModel.from_pretrained(args.model) if args.model else AirRepModel.from_encoder(args.encoder)
     model = model.float().to(args.device).eval()
@@ -158,7 +167,9 @@ def main() -> None:
     lengths = token_counts(model, records)
     flops = encoder_flops(model, lengths)
     processor = device_name(device)
-    print(f"{processor}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, bf16 kernels: {bf16}")
+    prefetch = modeling_airrep.prefetches_tokenization(device)
+    print(f"{processor}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, bf16 kernels: {bf16}; "
+          f"windows of {args.window} texts, tokenized ahead: {prefetch}")  # fmt: skip
     print(f"{len(records)} texts, median {int(np.median(lengths))} tokens (max {max(lengths)}), "
           f"{flops / len(records) / 1e9:.2f} GFLOP per text")  # fmt: skip
 
@@ -213,7 +224,7 @@ def main() -> None:
         args.output.write_text(json.dumps({"texts": len(records), "median_tokens": float(np.median(lengths)),
                                            "flops": flops, "peaks_gflops": peaks, "encode": rows,
                                            "threads": torch.get_num_threads(), "bf16_available": bf16,
-                                           "device": processor,
+                                           "device": processor, "window": args.window, "prefetch": prefetch,
                                            "torch": torch.__version__}, indent=2))  # fmt: skip
 
 

