@@ -820,7 +820,7 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                 for first, encoded, order in windows:
                     # Kept on the device in sorted order and copied back once a window: a copy per batch
                     # would make the CPU wait for each forward before padding the next batch.
-                    sorted_embeddings = torch.empty(len(order), self.config.projection_dim, device=self.device)
+                    sorted_embeddings = torch.empty(len(order), result.shape[1], dtype=result.dtype, device=self.device)
                     for start in range(0, len(order), batch_size):
                         batch = order[start : start + batch_size]
                         features = padded_batch(self.tokenizer, encoded, batch).to(self.device)
