@@ -12,6 +12,9 @@
 #            and the cost ratio of AirRep against LoGra and EK-FAC at this size
 #
 #   bash benchmarks/run_real_rung.sh labels
+#       (the finished labels are committed in benchmarks/real/labels-lds: `mkdir -p out/real && cp -r
+#       benchmarks/real/labels-lds out/real/` first, and this step only rebuilds the corpus and SmolLM2's
+#       folder, finds every model done, and writes the dataset again)
 #   MODELS="out/demo/model out/realtext/model-s120" bash benchmarks/run_real_rung.sh eval
 #   BEST=airrep-model bash benchmarks/run_real_rung.sh report
 #
