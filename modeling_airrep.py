@@ -137,8 +137,8 @@ def _like_input(result: torch.Tensor, reference: Array) -> Array:
     return result.cpu().numpy() if isinstance(reference, np.ndarray) else result
 
 
-# encode() tokenizes this many texts at a time and sorts each such window by length; only one
-# window's token ids are held, whatever the number of texts.
+# encode() tokenizes this many texts at a time and sorts each such window by length; at most two
+# windows' token ids are held (this one and, on an accelerator, the next), whatever the number of texts.
 ENCODE_WINDOW = 16384
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import modeling_airrep
-from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, longest_first, padded_batch
+from modeling_airrep import ENCODE_PRECISIONS, AirRepModel, bf16_available, padded_batch, tokenized_windows
 
 
 def corpus_texts(n: int, path: Path | None = None) -> list[dict]:
@@ -195,9 +195,9 @@ def main() -> None:
     for batch_size in args.batch_sizes:  # what encode() runs on the CPU before each forward
 
         def tokenize(batch_size: int = batch_size) -> None:
-            encoded, order = longest_first(model.tokenizer, texts, model.config.max_seq_length)
-            for start in range(0, len(order), batch_size):
-                padded_batch(model.tokenizer, encoded, order[start : start + batch_size])
+            for _, encoded, order in tokenized_windows(model.tokenizer, texts, model.config.max_seq_length):
+                for start in range(0, len(order), batch_size):
+                    padded_batch(model.tokenizer, encoded, order[start : start + batch_size])
 
         tokenize_seconds[batch_size] = time_call(tokenize, repeats=args.repeats)
     reference = embeddings[("fp32", args.batch_sizes[0])]
