@@ -168,6 +168,13 @@ def prefetches_tokenization(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
+def copies_ahead(device: torch.device) -> bool:
+    """Whether encode() copies each batch to ``device`` from pinned memory without waiting: a plain
+    host-to-GPU copy waits for the GPU's queue to drain, so the CPU could not pad and launch batch k+1
+    while the GPU runs batch k. CUDA only, where pinned memory exists."""
+    return device.type == "cuda"
+
+
 def tokenized_windows(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, prefetch: bool = False
 ) -> Iterator[tuple[int, BatchEncoding, list[int]]]:
@@ -779,7 +786,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         Each text is tokenized once. Up to ``ENCODE_WINDOW`` texts at a time are sorted by token count
         (longest first), so each batch pads little; the embeddings come back in input order. Inputs
         longer than ``config.max_seq_length`` tokens are truncated. On an accelerator the next window is
-        tokenized in a background thread while this one encodes ([`prefetches_tokenization`]).
+        tokenized in a background thread while this one encodes ([`prefetches_tokenization`]), and on
+        CUDA each batch is copied from pinned memory without waiting for the last one ([`copies_ahead`]).
 
         Args:
             inputs: One string or record, or an iterable of them.
@@ -816,16 +824,21 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
             windows = tokenized_windows(
                 self.tokenizer, texts, self.config.max_seq_length, prefetches_tokenization(self.device)
             )
-            with logging.tqdm(total=n_batches, desc="Encoding", disable=not show_progress_bar) as progress:
+            copy_ahead = copies_ahead(self.device)
+            # One precision context for the whole call: under autocast each weight is cast to bf16 once,
+            # not once a batch (autocast drops its casts when its context exits).
+            with logging.tqdm(total=n_batches, desc="Encoding", disable=not show_progress_bar) as progress, context():
                 for first, encoded, order in windows:
                     # Kept on the device in sorted order and copied back once a window: a copy per batch
                     # would make the CPU wait for each forward before padding the next batch.
                     sorted_embeddings = torch.empty(len(order), result.shape[1], dtype=result.dtype, device=self.device)
                     for start in range(0, len(order), batch_size):
                         batch = order[start : start + batch_size]
-                        features = padded_batch(self.tokenizer, encoded, batch).to(self.device)
-                        with context():
-                            embeddings = model(**features).sentence_embedding.float()
+                        features = {
+                            key: (value.pin_memory() if copy_ahead else value).to(self.device, non_blocking=copy_ahead)
+                            for key, value in padded_batch(self.tokenizer, encoded, batch).items()
+                        }
+                        embeddings = model(**features).sentence_embedding.float()
                         if normalize_embeddings:
                             embeddings = nn.functional.normalize(embeddings, dim=-1)
                         sorted_embeddings[start : start + len(batch)] = embeddings
