@@ -16,7 +16,7 @@ dependency of the project: ``pip install --no-deps dattri==0.3.0`` (it declares 
 music benchmarks, which this never imports).
 
     python benchmarks/crosscheck_dattri.py --labels out/demo/labels-lds --projection_dim 4096 \
-        --output benchmarks/ladder/crosscheck-dattri-x1.json
+        --work_dir out/demo/crosscheck-dattri --output benchmarks/ladder/crosscheck-dattri-x1.json
 """
 
 from __future__ import annotations
@@ -90,7 +90,15 @@ def main() -> None:
     parser.add_argument("--labels", required=True, help="lds-mode labels (their target LM and SFT settings).")
     parser.add_argument("--projection_dim", type=int, default=4096)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--work_dir",
+        type=Path,
+        default=None,
+        help="Keep each score matrix here as it finishes; a rerun reuses them (same labels only).",
+    )
     args = parser.parse_args()
+    if args.work_dir:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
 
     data = load_eval_data(args.labels)
     preset = EVAL_PRESETS["demo"]
@@ -102,10 +110,21 @@ def main() -> None:
     seconds: dict[str, float] = {}
 
     def run(name, fn):
+        # Each matrix is kept as it finishes: dattri's exact runs take minutes each on 2 cores.
+        saved = args.work_dir / (name.replace(" ", "_").replace("@", "-") + ".npz") if args.work_dir else None
+        if saved is not None and saved.exists():
+            with np.load(saved) as stored:
+                matrices[name], seconds[name] = stored["scores"], float(stored["seconds"])
+            print(f"{name}: {matrices[name].shape}, {seconds[name]:.1f} s (from {saved})", flush=True)
+            return
         tic = time.perf_counter()
         matrices[name] = np.asarray(fn(), dtype=np.float64)
         seconds[name] = time.perf_counter() - tic
         print(f"{name}: {matrices[name].shape}, {seconds[name]:.1f} s", flush=True)
+        if saved is not None:
+            partial = saved.with_suffix(".tmp.npz")
+            np.savez(partial, scores=matrices[name], seconds=seconds[name])
+            partial.replace(saved)
 
     run("ours grad-dot exact", lambda: exact_dots(state, last))
     run("ours tracin exact", lambda: sum(r * exact_dots(state, c) for c, r in enumerate(rates)))
