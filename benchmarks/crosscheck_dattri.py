@@ -97,10 +97,15 @@ def main() -> None:
         help="Keep each score matrix here as it finishes; a rerun reuses them (same labels only).",
     )
     args = parser.parse_args()
-    if args.work_dir:
-        args.work_dir.mkdir(parents=True, exist_ok=True)
 
     data = load_eval_data(args.labels)
+    if args.work_dir:
+        # Matrices kept for other labels would be compared as if they were these labels' own.
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        marker, labels_summary = args.work_dir / "labels-summary.json", json.dumps(data.summary, sort_keys=True)
+        if marker.exists() and marker.read_text() != labels_summary:
+            raise SystemExit(f"{args.work_dir} holds matrices of other labels than {args.labels}; use another one")
+        marker.write_text(labels_summary)
     preset = EVAL_PRESETS["demo"]
     state = GradientState(data.summary.get("target_lm"), data.summary.get("settings"), data.pool_records,
                           data.query_records, preset, [args.projection_dim], source=data.source)  # fmt: skip
