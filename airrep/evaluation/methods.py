@@ -143,13 +143,14 @@ def gradient_method_names(methods: list[str], dims: list[int]) -> dict[str, tupl
 
 
 def _encoder_features(
-    model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool, precision: str = "fp32"
-) -> tuple:
+    model: AirRepModel, data: EvalData, preset: EvalPreset, normalize: bool, precision: str = "fp32",
+    compile: bool = False,
+) -> tuple:  # fmt: skip
     tic = time.perf_counter()
-    pool = model.encode(data.pool_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize,
-                        precision=precision)  # fmt: skip
-    queries = model.encode(data.query_texts, batch_size=preset.encode_batch_size, normalize_embeddings=normalize,
-                           precision=precision)  # fmt: skip
+    options = dict(batch_size=preset.encode_batch_size, normalize_embeddings=normalize, precision=precision,
+                   compile=compile)  # fmt: skip
+    pool = model.encode(data.pool_texts, **options)
+    queries = model.encode(data.query_texts, **options)
     return pool, queries, time.perf_counter() - tic
 
 
@@ -159,8 +160,10 @@ def airrep_method(checkpoint: str) -> Callable[[EvalData, EvalPreset, EvalArgume
         model = AirRepModel.from_pretrained(checkpoint)
         setup = time.perf_counter() - tic
         precision = model.resolve_precision(args.encode_precision)
-        pool, queries, seconds = _encoder_features(model, data, preset, normalize=False, precision=precision)
+        pool, queries, seconds = _encoder_features(model, data, preset, normalize=False, precision=precision,
+                                                   compile=args.encode_compile)  # fmt: skip
         encoded = "" if precision == "fp32" else f", encoded in {precision}"
+        encoded += " through torch.compile" if args.encode_compile else ""
         return Featurized(
             "encoder", f"AirRep checkpoint `{checkpoint}` (dot products, as trained{encoded})", seconds,
             pool.shape[1] * pool.itemsize, queries, pool, setup_seconds=setup,

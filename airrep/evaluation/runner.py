@@ -50,7 +50,7 @@ from airrep.lds import lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, named, resolve
 from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
-from modeling_airrep import ENCODE_PRECISIONS
+from modeling_airrep import ENCODE_PRECISIONS, NO_COMPILER, compile_available
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ class EvalArguments:
         metadata={"help": "How method 'airrep' encodes: fp32, bf16 (autocast, where bf16 kernels exist), int8 or "
                           "auto (AirRepModel.encode's precision)."},
     )  # fmt: skip
+    encode_compile: bool = field(
+        default=False,
+        metadata={"help": "Method 'airrep' encodes through torch.compile (needs a C++ compiler; pays under bf16)."},
+    )
     bootstrap_resamples: int | None = field(default=None, metadata={"help": "Override: bootstrap resamples."})
     classification_k: int | None = field(default=None, metadata={"help": "Override: neighbours that vote a task."})
     seed: int | None = field(default=None, metadata={"help": "Override: seed of projections and fine-tuning."})
@@ -132,6 +136,12 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         raise UsageError(f"--encode_precision must be one of {ENCODE_PRECISIONS}, got {args.encode_precision!r}")
     if args.encode_precision != "fp32" and "airrep" not in methods:
         raise UsageError("--encode_precision applies only to method 'airrep'")
+    if args.encode_compile and "airrep" not in methods:
+        raise UsageError("--encode_compile applies only to method 'airrep'")
+    if args.encode_compile and args.encode_precision == "int8":
+        raise UsageError("--encode_compile runs at --encode_precision fp32, bf16 or auto, not int8")
+    if args.encode_compile and not compile_available():
+        raise UsageError(f"--encode_compile: {NO_COMPILER}")
     if args.base_encoder is not None and "base-encoder" not in methods:
         raise UsageError("--base_encoder applies only to method 'base-encoder'")
     target_lm_flags = {"target_lm": args.target_lm, "gradient_batch_size": args.gradient_batch_size}
@@ -266,6 +276,8 @@ def evaluate(args: EvalArguments) -> dict[str, Any]:
         settings["projection_dims"] = dims
     if args.encode_precision != "fp32":  # reports made before the option were fp32 and record none
         settings["encode_precision"] = args.encode_precision
+    if args.encode_compile:
+        settings["encode_compile"] = True
     work = folder / "work"  # what long gradient jobs resume from (GradientState.method_workdir)
     if args.overwrite:
         write_json(folder / "eval_settings.json", settings)

@@ -75,13 +75,16 @@ def encode_corpus(
     batch_size: int = 64,
     id_column: str = "id",
     precision: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Encode every row of ``dataset[split]`` with the AirRep checkpoint ``model_name`` (see the module doc).
 
     ``precision`` is ``AirRepModel.encode``'s; the default, ``"auto"``, encodes under bf16 autocast where
     the device has bf16 kernels; how far that is from fp32, in embedding cosine and in LDS, is measured in
     benchmarks/README.md ("Encoding at the machine's limit"). The precision that ran is recorded, and a
-    resumed run must use the same one.
+    resumed run must use the same one. ``compile`` runs the encoder through ``torch.compile`` (a C++
+    compiler is needed); it changes the speed, not the embeddings' precision, so it is not recorded and a
+    resumed run may turn it on or off.
 
     Returns:
         The summary written to ``embeddings.json`` (on the main process; other ranks return theirs).
@@ -89,7 +92,7 @@ def encode_corpus(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from modeling_airrep import AirRepModel
+    from modeling_airrep import NO_COMPILER, AirRepModel, compile_available
 
     if shard_size < 1 or batch_size < 1:
         raise UsageError("--shard_size and --batch_size must be at least 1")
@@ -102,6 +105,10 @@ def encode_corpus(
         precision = model.resolve_precision(precision)
     except ValueError as error:
         raise UsageError(f"--precision: {error}") from None
+    if compile and precision == "int8":
+        raise UsageError("--compile runs at --precision fp32, bf16 or auto, not int8")
+    if compile and not compile_available(state.device):
+        raise UsageError(f"--compile: {NO_COMPILER}")
     settings = {"model": model_name, "dataset": dataset, "config": config, "split": split,
                 "shard_size": shard_size, "id_column": id_column}  # fmt: skip
     if precision != "fp32":  # folders written before the option existed are fp32 and record none
@@ -130,7 +137,8 @@ def encode_corpus(
                 texts.append(model.config.format_text(row, index=shard * shard_size + i))
             except ValueError as error:
                 raise UsageError(f"{dataset} (split {split}): {error}") from None
-        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False, precision=precision)
+        vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=False, precision=precision,
+                               compile=compile)  # fmt: skip
         _write_shard(path, ids, vectors)
         encoded += 1
         progress.update(1)
@@ -199,12 +207,15 @@ class EmbeddingsArguments:
         metadata={"help": "Encoder precision: fp32, bf16 (autocast), int8, or auto (bf16 where the device has bf16 "
                           "kernels, else fp32). Vectors are stored in float16 either way."},
     )  # fmt: skip
+    compile: bool = field(
+        default=False, metadata={"help": "Encode through torch.compile: faster under bf16; needs a C++ compiler."}
+    )
 
 
 def main(argv: list[str]) -> None:
     (args,) = cli.parse(EmbeddingsArguments, argv, __doc__)
     encode_corpus(args.model, args.dataset, args.output_dir, args.split, args.config, args.shard_size,
-                  args.batch_size, args.id_column, args.precision)  # fmt: skip
+                  args.batch_size, args.id_column, args.precision, args.compile)  # fmt: skip
 
 
 if __name__ == "__main__":

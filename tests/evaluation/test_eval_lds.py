@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import needs_compiler
 from helpers import run as run_command
 
 from airrep.evaluation import METHODS, EvalArguments, Featurized, load_eval_data
@@ -70,6 +71,29 @@ def test_airrep_encodes_at_the_precision_asked_for(labels, saved_folder, report,
     # The fp32 report of the same checkpoint records no precision and differs.
     assert "encode_precision" not in json.loads((report[0] / "eval_settings.json").read_text())
     assert results["methods"]["airrep"] != report[1]["methods"]["airrep"]
+
+
+@needs_compiler
+def test_airrep_encodes_through_torch_compile_when_asked(labels, saved_folder, report, tmp_path):
+    out = tmp_path / "compiled"
+    args = EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(out), model=[str(saved_folder)],
+                         methods=["airrep"], encode_compile=True)  # fmt: skip
+    results = run(args)
+    assert "through torch.compile" in results["method_details"]["airrep"]["description"]
+    assert json.loads((out / "eval_settings.json").read_text())["encode_compile"] is True
+    # fp32 compiled kernels reorder sums, nothing more: the same scores as the eager report's.
+    for pooling in ("sum", "attention"):
+        compiled, eager = (np.load(folder / "scores" / f"airrep.{pooling}.npy") for folder in (out, report[0]))
+        np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-6)
+    assert "encode_compile" not in json.loads((report[0] / "eval_settings.json").read_text())
+
+
+def test_compile_without_a_compiler_is_refused_before_any_work(labels, saved_folder, no_compiler, tmp_path):
+    args = EvalArguments(labels=str(labels / "labels-lds"), output_dir=str(tmp_path / "out"),
+                         model=[str(saved_folder)], methods=["airrep"], encode_compile=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--encode_compile: torch.compile needs a C\+\+ compiler"):
+        run(args)
+    assert not (tmp_path / "out").exists()
 
 
 def test_base_encoder_is_used_as_its_pipeline_intends(saved_folder):
@@ -169,6 +193,8 @@ def test_a_failing_method_keeps_the_others(labels, tmp_path):
         ({"methods": ["bm25"], "base_encoder": "x"}, ValueError, "--base_encoder applies only"),
         ({"methods": ["bm25"], "encode_precision": "bf16"}, ValueError, "--encode_precision applies only to method"),
         ({"model": ["x"], "encode_precision": "fp8"}, ValueError, r"--encode_precision must be one of \("),
+        ({"methods": ["bm25"], "encode_compile": True}, ValueError, "--encode_compile applies only to method"),
+        ({"model": ["x"], "encode_compile": True, "encode_precision": "int8"}, ValueError, "not int8"),
         ({"model": ["{missing}"]}, ValueError, "cannot load AirRep checkpoint"),
         ({"model": ["{target_lm}"]}, ValueError, "not an AirRep checkpoint: its config.json has model_type 'llama'"),
         ({"labels": "{train_labels}"}, LabelsFormatError, "'train'-mode labels; LDS is measured on 'lds'-mode"),

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import load_dataset
-from helpers import kill_when, spawn
+from helpers import kill_when, needs_compiler, spawn
 
 import modeling_airrep
 from airrep.cli import UsageError
@@ -90,6 +90,28 @@ def test_other_settings_are_refused(one_process, corpus, saved_folder):
         encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=32, batch_size=16, precision="bf16")
     with pytest.raises(UsageError, match=r"--precision: precision must be one of .*got 'fp8'"):
         encode_corpus(str(saved_folder), str(corpus), one_process[0], precision="fp8")
+
+
+@needs_compiler
+def test_compiled_encode_writes_the_same_vectors_and_may_resume_an_eager_folder(one_process, corpus, saved_folder,
+                                                                                tmp_path):  # fmt: skip
+    out = tmp_path / "compiled"
+    encode_corpus(str(saved_folder), str(corpus), out, shard_size=32, batch_size=16, precision="fp32", compile=True)
+    assert _table(out)[0] == _table(one_process[0])[0]
+    # fp32 either way: at most one float16 step apart where the two round across a step boundary.
+    np.testing.assert_allclose(_table(out)[1].astype(np.float32), _table(one_process[0])[1].astype(np.float32),
+                               rtol=2e-3, atol=1e-4)  # fmt: skip
+    # compile changes speed, not precision: it is no setting of the folder.
+    encode_corpus(str(saved_folder), str(corpus), one_process[0], shard_size=32, batch_size=16, precision="fp32",
+                  compile=True)  # fmt: skip
+
+
+def test_compile_is_refused_without_a_compiler_or_under_int8(corpus, saved_folder, no_compiler, tmp_path):
+    with pytest.raises(UsageError, match=r"^--compile: torch.compile needs a C\+\+ compiler"):
+        encode_corpus(str(saved_folder), str(corpus), tmp_path / "a", precision="fp32", compile=True)
+    with pytest.raises(UsageError, match=r"^--compile runs at --precision fp32, bf16 or auto, not int8"):
+        encode_corpus(str(saved_folder), str(corpus), tmp_path / "b", precision="int8", compile=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_two_folders_of_one_name_load_their_own_rows(saved_folder, tmp_path):
