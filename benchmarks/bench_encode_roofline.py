@@ -11,6 +11,8 @@ In one run, on this machine:
    ``--n`` texts of the real-text corpus, for each precision and batch size. Its FLOPs are counted
    from the model's shapes and each text's real token count, padding excluded:
    ``layers * (2 L (4 d^2 + 2 d f) + 4 L^2 d) + 2 d p`` per text of ``L`` tokens.
+   With ``--compile`` each fp32 and bf16 variant also runs as ``encode(compile=True)``
+   (``torch.compile``); its compilation is timed apart, in the warm-up, as its setup.
 3. **Quality**: each variant's embeddings against fp32's: the smallest cosine over the texts.
 4. **Tokenizing alone**: the tokenizer calls ``encode`` makes for the same texts and batch size, which
    run on the CPU whatever the device: the floor under ``encode`` once the forward is fast.
@@ -150,6 +152,8 @@ def main() -> None:
                         help="Encoder folder for an untrained AirRep (default: the bundled MiniLM).")  # fmt: skip
     parser.add_argument("--window", type=int, default=modeling_airrep.ENCODE_WINDOW,
                         help="Texts encode() tokenizes at once (ENCODE_WINDOW); under --n makes several")  # fmt: skip
+    parser.add_argument("--compile", action="store_true",
+                        help="Also time encode(compile=True) at fp32 and bf16 (needs a C++ compiler).")  # fmt: skip
     parser.add_argument("--prefetch", choices=["auto", "on", "off"], default="auto",
                         help="Tokenize the next window while this one encodes: auto = on accelerators only, "
                              "as encode() does")  # fmt: skip
@@ -179,16 +183,22 @@ def main() -> None:
         print(f"  {precision:5s} " + ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items()))
 
     precisions = [p for p in args.precisions if p in peaks]  # each where it has kernels on this device
-    variants = [(p, b) for p in precisions for b in args.batch_sizes]
-    times: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
-    embeddings: dict[tuple[str, int], np.ndarray] = {}
-    for v in variants:  # warm up every variant once (oneDNN primitives, quantized weights)
-        embeddings[v] = model.encode(records[:64], batch_size=v[1], precision=v[0], show_progress_bar=False)
+    compiles = [False, True] if args.compile else [False]
+    variants = [(p, b, c) for p in precisions for b in args.batch_sizes for c in compiles if not (c and p == "int8")]
+    times: dict[tuple[str, int, bool], list[float]] = {v: [] for v in variants}
+    embeddings: dict[tuple[str, int, bool], np.ndarray] = {}
+    setup: dict[tuple[str, int, bool], float] = {}
+    for v in variants:  # warm up every variant once (oneDNN primitives, quantized weights, compilation)
+        tic = time.perf_counter()
+        embeddings[v] = model.encode(records[:64], batch_size=v[1], precision=v[0], compile=v[2],
+                                     show_progress_bar=False)  # fmt: skip
+        setup[v] = time.perf_counter() - tic
     for r in range(args.repeats):
         for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
             synchronize()
             tic = time.perf_counter()
-            embeddings[v] = model.encode(records, batch_size=v[1], precision=v[0], show_progress_bar=False)
+            embeddings[v] = model.encode(records, batch_size=v[1], precision=v[0], compile=v[2],
+                                         show_progress_bar=False)  # fmt: skip
             times[v].append(time.perf_counter() - tic)
     texts = [model.config.format_text(r) for r in records]
     tokenize_seconds = {}
@@ -200,26 +210,29 @@ def main() -> None:
                     padded_batch(model.tokenizer, encoded, order[start : start + batch_size])
 
         tokenize_seconds[batch_size] = time_call(tokenize, repeats=args.repeats)
-    reference = embeddings[("fp32", args.batch_sizes[0])]
+    reference = embeddings[("fp32", args.batch_sizes[0], False)]
     unit_reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
 
     rows = []
     print(f"\nencode over {len(records)} texts, median of {args.repeats} (fraction of its precision's peak):")
-    for precision, batch_size in variants:
-        seconds = statistics.median(times[(precision, batch_size)])
-        got = embeddings[(precision, batch_size)]
+    for precision, batch_size, compiled in variants:
+        v = (precision, batch_size, compiled)
+        seconds = statistics.median(times[v])
+        got = embeddings[v]
         cosine = float((got / np.linalg.norm(got, axis=1, keepdims=True) * unit_reference).sum(1).min())
         rate = flops / seconds / 1e9
         peak = peaks[precision]["encoder mix"]
         fastest = min(statistics.median(t) for t in times.values())
-        rows.append({"precision": precision, "batch_size": batch_size, "seconds": seconds,
-                     "seconds_spread": [min(times[(precision, batch_size)]), max(times[(precision, batch_size)])],
+        rows.append({"precision": precision, "batch_size": batch_size, "compile": compiled, "seconds": seconds,
+                     "seconds_spread": [min(times[v]), max(times[v])], "warm_up_seconds": setup[v],
                      "texts_per_second": len(records) / seconds, "gflops": rate, "fraction_of_peak": rate / peak,
                      "min_cosine_vs_fp32": cosine, "tokenize_seconds": tokenize_seconds[batch_size],
                      "tokenize_share": tokenize_seconds[batch_size] / seconds})  # fmt: skip
-        print(f"  {precision:5s} batch {batch_size:4d}: {seconds:6.2f} s, {len(records) / seconds:6.1f} texts/s, "
+        name = precision + (" compiled" if compiled else "")
+        print(f"  {name:14s} batch {batch_size:4d}: {seconds:6.2f} s, {len(records) / seconds:6.1f} texts/s, "
               f"{rate:6.1f} GFLOP/s = {100 * rate / peak:5.1f}% of {peak:.0f}; x{seconds / fastest:.2f} the fastest; "
-              f"min cosine vs fp32 {cosine:.6f}; tokenizing alone {tokenize_seconds[batch_size]:.2f} s")  # fmt: skip
+              f"min cosine vs fp32 {cosine:.6f}; tokenizing alone {tokenize_seconds[batch_size]:.2f} s"
+              + (f"; warm-up (compiling) {setup[v]:.1f} s" if compiled else ""))  # fmt: skip
     if args.output:
         args.output.write_text(json.dumps({"texts": len(records), "median_tokens": float(np.median(lengths)),
                                            "flops": flops, "peaks_gflops": peaks, "encode": rows,

@@ -49,8 +49,14 @@ def exact_dots(state: GradientState, checkpoint: int, block: int = 32) -> np.nda
     return out
 
 
-def dattri_scores(state: GradientState, checkpoints: list[int], weights: list[float], projection_dim: int | None):
-    """dattri's TracIn over ``checkpoints`` (queries x pool); ``projection_dim`` None: no projection."""
+def dattri_scores(state: GradientState, checkpoints: list[int], weights: list[float], projection_dim: int | None,
+                  batch_size: int = 256):  # fmt: skip
+    """dattri's TracIn over ``checkpoints`` (queries x pool); ``projection_dim`` None: no projection.
+
+    ``batch_size`` examples per dattri batch. On the CPU dattri's projector draws its whole dense
+    Gaussian matrix (parameters x ``projection_dim``) again for every batch, so small batches make its
+    projected run take hours here; the scores do not depend on the batch size.
+    """
     from dattri.algorithm.tracin import TracInAttributor
     from dattri.task import AttributionTask
 
@@ -74,7 +80,7 @@ def dattri_scores(state: GradientState, checkpoints: list[int], weights: list[fl
         ids, labels = collate(examples, state.pad_id, max(len(e.input_ids) for e in state.pool + state.queries))
         positions, targets = response_positions(labels)
         dataset = torch.utils.data.TensorDataset(ids, positions, targets)
-        return torch.utils.data.DataLoader(dataset, batch_size=16, shuffle=False)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
     task = AttributionTask(loss_func=loss, model=model, checkpoints=[state.checkpoints[c][0] for c in checkpoints],
                            checkpoints_load_func=load)  # fmt: skip
@@ -90,6 +96,10 @@ def main() -> None:
     parser.add_argument("--labels", required=True, help="lds-mode labels (their target LM and SFT settings).")
     parser.add_argument("--projection_dim", type=int, default=4096)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--dattri_batch_size", type=int, default=256, help="Examples per dattri batch (its CPU projector redraws "
+        "its matrix once a batch)."
+    )  # fmt: skip
     parser.add_argument(
         "--work_dir",
         type=Path,
@@ -137,11 +147,12 @@ def main() -> None:
     run(f"ours grad-dot@{d}", lambda: state.features("grad-dot", d).pair_scores())
     run(f"ours tracin@{d}", lambda: state.features("tracin", d).pair_scores())
     errors: dict[str, str] = {}
+    batch = args.dattri_batch_size
     for label, checkpoints, weights in (("grad-dot", [last], [1.0]), ("tracin", list(range(len(rates))), rates)):
         for dim in (None, d):
             name = f"dattri {label} " + ("exact" if dim is None else f"@{dim}")
             try:
-                run(name, lambda c=checkpoints, w=weights, dim=dim: dattri_scores(state, c, w, dim))
+                run(name, lambda c=checkpoints, w=weights, dim=dim: dattri_scores(state, c, w, dim, batch))
             except Exception as error:  # a library failure is a result here, named in the report
                 errors[name] = f"{type(error).__name__}: {error}"
                 print(f"{name} failed: {errors[name]}")
