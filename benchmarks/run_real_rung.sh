@@ -16,12 +16,14 @@
 #       benchmarks/real/labels-lds out/real/` first, and this step only rebuilds the corpus and SmolLM2's
 #       folder, which the labels name by absolute path, and finds the labels complete)
 #   MODELS="out/demo/model out/realtext/model-s120" bash benchmarks/run_real_rung.sh eval
-#   BEST=airrep-model bash benchmarks/run_real_rung.sh report
+#   BEST=model-s120 bash benchmarks/run_real_rung.sh report
 #
 # Environment:
 #   OUT      folder of the corpus, the converted SmolLM2, labels and reports (default out/real)
-#   MODELS   AirRep checkpoints to score (default: none)
-#   BEST     the report's name of the AirRep checkpoint chosen on validation splits (for `report`)
+#   MODELS   AirRep checkpoints to score (default: none), each into its own report folder,
+#            $OUT/report-airrep-NAME, NAME being the checkpoint folder's name; so a checkpoint trained
+#            later is scored by another `eval` with MODELS naming it alone (the other steps resume)
+#   BEST     NAME of the AirRep checkpoint chosen on validation splits (for `report`)
 #   DIMS     gradient projection sizes (default "384 4096 18432")
 #   PYTHON   interpreter (default .venv/bin/python)
 # and, to run the same steps at another size (the test runs them at smoke size):
@@ -52,6 +54,16 @@ case ${1:-} in
     "$PYTHON" generate_labels.py --preset "$PRESET" --mode lds --output_dir "$labels" "${label_args[@]}"
     ;;
   eval)
+    # Checked before any work: each checkpoint's report is named after its folder.
+    declare -A seen=()
+    for model in "${models[@]}"; do
+      name=$(basename "$model")
+      if [[ -n ${seen[$name]:-} ]]; then
+        echo "MODELS: $model and ${seen[$name]} share the folder name '$name', which names their reports" >&2
+        exit 2
+      fi
+      seen[$name]=$model
+    done
     # One run for the methods of the target LM: the whole-pool fine-tune and each gradient are computed
     # once and projected to every size in DIMS.
     "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report" \
@@ -65,14 +77,19 @@ case ${1:-} in
     # stage or pass (the report's work/ekfac).
     "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-ekfac" \
       --methods ekfac --gradient_memory_gib "${EKFAC_MEMORY_GIB:-12}" --gradient_batch_size 4
-    if ((${#models[@]})); then
-      "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --output_dir "$OUT/report-airrep" \
-        --methods airrep --model "${models[@]}"
-    fi
+    for model in "${models[@]}"; do
+      "$PYTHON" eval_lds.py --preset "$EVAL_PRESET" --labels "$labels" --methods airrep --model "$model" \
+        --output_dir "$OUT/report-airrep-$(basename "$model")"
+    done
     ;;
   report)
-    : "${BEST:?name the AirRep checkpoint chosen on validation, as its report names it}"
-    methods=("$OUT/report-airrep:$BEST")
+    : "${BEST:?name the AirRep checkpoint chosen on validation, by its folder name}"
+    best=$OUT/report-airrep-$BEST
+    if [[ ! -f $best/results.json ]]; then
+      echo "BEST=$BEST: no report $best/results.json; score the checkpoint with the eval step first" >&2
+      exit 2
+    fi
+    methods=("$best:airrep")
     for report in "$OUT/report" "$OUT/report-ekfac"; do
       for name in $("$PYTHON" -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["methods"]))' \
         "$report/results.json"); do
@@ -87,7 +104,7 @@ case ${1:-} in
       PYTHONPATH=. "$PYTHON" benchmarks/bench_featurization_cost.py "${cost_args[@]}" --output "$OUT/cost.json"
     fi
     "$PYTHON" ladder_report.py --output_dir "$OUT/ladder" \
-      --rung "$RUNG=$OUT/report,$OUT/report-ekfac,$OUT/report-airrep" --cost_curve "$OUT/cost.json"
+      --rung "$RUNG=$OUT/report,$OUT/report-ekfac,$best" --cost_curve "$OUT/cost.json"
     echo "real rung: $OUT/ladder/ladder.md"
     ;;
   *)

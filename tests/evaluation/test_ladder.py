@@ -274,7 +274,7 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
         "DIMS": "16 24",
         "EKFAC_MEMORY_GIB": "1",
         "MODELS": str(saved_folder),
-        "BEST": "airrep",
+        "BEST": saved_folder.name,
         "COLUMNS": "task targets",
         "RUNG": "x1",
         "COST_ARGS": "--rungs x1 --n 4 --rounds 1 --logra_dim 64 --projection_dim 64 --ekfac --ekfac_train 3 "
@@ -299,6 +299,14 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
     wrong = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "label"], cwd=REPO, env=env, capture_output=True,
                            text=True)  # fmt: skip
     assert wrong.returncode == 2 and "usage: bash benchmarks/run_real_rung.sh labels|eval|report" in wrong.stderr
+    # Each checkpoint has its own report, named after its folder; BEST names one that was scored.
+    assert (tmp_path / f"report-airrep-{saved_folder.name}" / "results.json").exists()
+    unscored = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "report"], cwd=REPO, env={**env, "BEST": "other"},
+                              capture_output=True, text=True)  # fmt: skip
+    assert unscored.returncode == 2 and "BEST=other: no report" in unscored.stderr
+    twins = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "eval"], cwd=REPO, capture_output=True, text=True,
+                           env={**env, "MODELS": f"{saved_folder} {tmp_path}/x/{saved_folder.name}"})  # fmt: skip
+    assert twins.returncode == 2 and f"share the folder name '{saved_folder.name}'" in twins.stderr
 
 
 def test_a_stopped_cost_run_keeps_what_it_measured():
