@@ -86,6 +86,13 @@ def compile_available(device: torch.device | str = "cpu") -> bool:
     return True
 
 
+def compile_refusal(precision: str, device: torch.device | str = "cpu") -> str | None:
+    """Why ``encode(compile=True)`` cannot run at ``precision`` on ``device`` here, or None if it can."""
+    if precision == "int8":
+        return "torch.compile runs at precision 'fp32', 'bf16' or 'auto', not 'int8'"
+    return None if compile_available(device) else NO_COMPILER
+
+
 @dataclass
 class AirRepModelOutput(ModelOutput):
     """Output of [`AirRepModel.forward`].
@@ -912,10 +919,9 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         """``model`` wrapped in ``torch.compile``. Dynamo keeps its compiled graphs with the forward's code,
         so a new wrapper per encode() call compiles only the first time, plus once for a batch of one text
         (a size it specialises) and once per precision."""
-        if self.resolve_precision(precision) == "int8":
-            raise ValueError("compile=True runs at precision 'fp32' or 'bf16', not 'int8'")
-        if not compile_available(self.device):
-            raise ValueError(f"compile=True: {NO_COMPILER}; encode without compile")
+        refusal = compile_refusal(self.resolve_precision(precision), self.device)
+        if refusal:
+            raise ValueError(f"compile=True: {refusal}")
         # Each batch has its own length: compiling for dynamic shapes from the start avoids a
         # recompilation per new length.
         return torch.compile(model, dynamic=True)

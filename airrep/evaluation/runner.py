@@ -50,7 +50,7 @@ from airrep.lds import lds_summary
 from airrep.outputs import claim, save_array, write_json, write_text
 from airrep.presets import EVAL_PRESETS, EvalPreset, named, resolve
 from configuration_airrep import DEFAULT_POOLINGS, GROUP_POOLINGS
-from modeling_airrep import ENCODE_PRECISIONS, NO_COMPILER, compile_available
+from modeling_airrep import ENCODE_PRECISIONS, compile_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +138,9 @@ def check_arguments(args: EvalArguments) -> tuple[EvalPreset, list[str], list[in
         raise UsageError("--encode_precision applies only to method 'airrep'")
     if args.encode_compile and "airrep" not in methods:
         raise UsageError("--encode_compile applies only to method 'airrep'")
-    if args.encode_compile and args.encode_precision == "int8":
-        raise UsageError("--encode_compile runs at --encode_precision fp32, bf16 or auto, not int8")
-    if args.encode_compile and not compile_available():
-        raise UsageError(f"--encode_compile: {NO_COMPILER}")
+    refusal = compile_refusal(args.encode_precision) if args.encode_compile else None
+    if refusal:
+        raise UsageError(f"--encode_compile: {refusal}")
     if args.base_encoder is not None and "base-encoder" not in methods:
         raise UsageError("--base_encoder applies only to method 'base-encoder'")
     target_lm_flags = {"target_lm": args.target_lm, "gradient_batch_size": args.gradient_batch_size}

@@ -92,7 +92,7 @@ def encode_corpus(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from modeling_airrep import NO_COMPILER, AirRepModel, compile_available
+    from modeling_airrep import AirRepModel, compile_refusal
 
     if shard_size < 1 or batch_size < 1:
         raise UsageError("--shard_size and --batch_size must be at least 1")
@@ -105,10 +105,9 @@ def encode_corpus(
         precision = model.resolve_precision(precision)
     except ValueError as error:
         raise UsageError(f"--precision: {error}") from None
-    if compile and precision == "int8":
-        raise UsageError("--compile runs at --precision fp32, bf16 or auto, not int8")
-    if compile and not compile_available(state.device):
-        raise UsageError(f"--compile: {NO_COMPILER}")
+    refusal = compile_refusal(precision, state.device) if compile else None
+    if refusal:
+        raise UsageError(f"--compile: {refusal}")
     settings = {"model": model_name, "dataset": dataset, "config": config, "split": split,
                 "shard_size": shard_size, "id_column": id_column}  # fmt: skip
     if precision != "fp32":  # folders written before the option existed are fp32 and record none

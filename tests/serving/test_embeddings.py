@@ -109,7 +109,8 @@ def test_compiled_encode_writes_the_same_vectors_and_may_resume_an_eager_folder(
 def test_compile_is_refused_without_a_compiler_or_under_int8(corpus, saved_folder, no_compiler, tmp_path):
     with pytest.raises(UsageError, match=r"^--compile: torch.compile needs a C\+\+ compiler"):
         encode_corpus(str(saved_folder), str(corpus), tmp_path / "a", precision="fp32", compile=True)
-    with pytest.raises(UsageError, match=r"^--compile runs at --precision fp32, bf16 or auto, not int8"):
+    int8 = r"^--compile: torch.compile runs at precision 'fp32', 'bf16' or 'auto', not 'int8'$"
+    with pytest.raises(UsageError, match=int8):
         encode_corpus(str(saved_folder), str(corpus), tmp_path / "b", precision="int8", compile=True)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
