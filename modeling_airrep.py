@@ -93,6 +93,22 @@ def compile_refusal(precision: str, device: torch.device | str = "cpu") -> str |
     return None if compile_available(device) else NO_COMPILER
 
 
+def _check_compiled(eager: torch.Tensor, compiled: torch.Tensor) -> None:
+    """Refuse compiled kernels whose embeddings of a batch are not the eager module's.
+
+    Inductor's graph cache does not key on ATen's CPU capability: kernels cached on a machine with
+    AVX-512, loaded where ATen runs AVX2 kernels, gave NaN embeddings here (benchmarks/README.md), and a
+    cache shared between machine kinds would do the same without a word.
+    """
+    cosine = nn.functional.cosine_similarity(eager, compiled, dim=-1).min().item()
+    if not cosine >= 0.999:  # NaN fails too
+        raise ValueError(
+            f"compile=True: the compiled encoder disagrees with the eager one on the first batch (smallest cosine "
+            f"{cosine:.4f}); inductor may have loaded kernels cached for another CPU kind: point "
+            "TORCHINDUCTOR_CACHE_DIR at a fresh folder, or encode without compile"
+        )
+
+
 @dataclass
 class AirRepModelOutput(ModelOutput):
     """Output of [`AirRepModel.forward`].
@@ -857,8 +873,8 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
         self.eval()
         try:
             model, context = self._for_precision(precision)
-            if compile:
-                model = self._compiled(model, precision)
+            eager, model = model, (self._compiled(model, precision) if compile else model)
+            unchecked = compile
             windows = tokenized_windows(
                 self.tokenizer, texts, self.config.max_seq_length, prefetches_tokenization(self.device)
             )
@@ -877,6 +893,9 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                             for key, value in padded_batch(self.tokenizer, encoded, batch).items()
                         }
                         embeddings = model(**features).sentence_embedding.float()
+                        if unchecked:  # compiled kernels: checked against eager once a call, on its first batch
+                            _check_compiled(eager(**features).sentence_embedding.float(), embeddings)
+                            unchecked = False
                         if normalize_embeddings:
                             embeddings = nn.functional.normalize(embeddings, dim=-1)
                         sorted_embeddings[start : start + len(batch)] = embeddings

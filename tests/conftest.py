@@ -9,6 +9,15 @@ from airrep.labels import generate_labels as generate
 from modeling_airrep import AirRepModel
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_inductor_cache(tmp_path_factory):
+    """torch.compile's kernels are built for this run: inductor's graph cache does not key on ATen's CPU
+    capability, so kernels cached by an earlier run under another one would be loaded as they are."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor-cache")))
+        yield
+
+
 @pytest.fixture
 def no_compiler(monkeypatch):
     """This machine as one without a C++ compiler: inductor's own compiler search, pointed at none (so the

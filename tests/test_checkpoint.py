@@ -264,6 +264,26 @@ def test_compile_without_a_compiler_is_refused_in_one_line(model, no_compiler):
     assert model.encode(RECORDS).shape == (len(RECORDS), model.config.projection_dim)  # eager still runs
 
 
+def test_compiled_kernels_that_disagree_with_eager_are_refused(model, monkeypatch):
+    # Inductor's kernels cached under another ATen CPU capability gave NaN embeddings (benchmarks/README.md).
+    # Which cache a machine holds is not the test's to choose, so the broken kernels are a wrapper here.
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **features):
+            output = self.inner(**features)
+            output.sentence_embedding = output.sentence_embedding * float("nan")
+            return output
+
+    monkeypatch.setattr(AirRepModel, "_compiled", lambda self, module, precision: Broken(module))
+    message = r"^compile=True: the compiled encoder disagrees with the eager one on the first batch "
+    message += r"\(smallest cosine nan\); inductor may have loaded kernels cached for another CPU kind"
+    with pytest.raises(ValueError, match=message):
+        model.encode(RECORDS, compile=True)
+
+
 def test_unknown_precision_is_refused(model):
     with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16', 'int8', 'auto'\), got 'fp16'"):
         model.encode("x", precision="fp16")
