@@ -4,7 +4,6 @@ they report."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 from datasets import load_dataset
 
+from airrep.labels.dataset import read_summary
 from airrep.labels.subset_training import SFTSettings, train_and_evaluate
 from airrep.labels.target_lm import load_target_lm
 from airrep.lds import bootstrap_ci
@@ -35,7 +35,7 @@ class Retraining:
     @classmethod
     def from_labels(cls, folder: str | Path) -> Retraining:
         folder = Path(folder)
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_summary(folder)
         rows = load_dataset(str(folder), "pool", split="train")
         pool = [{k: v for k, v in r.items() if v is not None} for r in rows]
         model, tokenizer = load_target_lm(summary["target_lm"])

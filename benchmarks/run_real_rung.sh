@@ -14,7 +14,7 @@
 #   bash benchmarks/run_real_rung.sh labels
 #       (the finished labels are committed in benchmarks/real/labels-lds: `mkdir -p out/real && cp -r
 #       benchmarks/real/labels-lds out/real/` first, and this step only rebuilds the corpus and SmolLM2's
-#       folder, which the labels name by absolute path, and finds the labels complete)
+#       folder, which the labels name relative to themselves, and finds the labels complete)
 #   MODELS="out/demo/model out/realtext/model-s120" bash benchmarks/run_real_rung.sh eval
 #   BEST=model-s120 bash benchmarks/run_real_rung.sh report
 #

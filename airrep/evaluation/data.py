@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 from datasets import load_dataset
 
-from airrep.labels.dataset import SUMMARY_FILE, LabelsData, LabelsFormatError, labels_folder, load_labels
+from airrep.labels.dataset import LabelsData, LabelsFormatError, labels_folder, load_labels, read_summary
 from airrep.lds import ceiling_from_twins
 
 
@@ -38,8 +37,7 @@ class EvalData:
 def load_eval_data(source: str) -> EvalData:
     """Read ``lds``-mode labels (a folder or a Hub id) for evaluation; other modes are an error."""
     folder = labels_folder(source)
-    summary_file = folder / SUMMARY_FILE
-    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    summary = read_summary(folder)
     data = load_labels(str(folder))
     queries = load_dataset(str(folder), "queries", split="train")
     mode = summary.get("mode") or ("train" if len(data.splits) > 1 or "pool_index" in queries.column_names else "lds")

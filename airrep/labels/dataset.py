@@ -16,7 +16,9 @@ target LM and the SFT settings, and ``README.md`` is the card. This module write
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,6 +89,30 @@ class LabelsData:
     query_texts: list[str]
     splits: dict[int, Split]
     excluded_nan: int
+
+
+def portable_target_lm(target: str, folder: str | os.PathLike) -> str:
+    """How a labels folder records its target LM: relative to the folder when the target sits beside it.
+
+    ``generate_labels.py`` builds or converts its target LM in the labels folder's parent, so
+    ``"../name"`` keeps the record valid when that parent is moved or cloned elsewhere. Another local
+    folder is recorded by its absolute path; anything else (a Hub id) as given.
+    """
+    path = Path(target)
+    if not path.exists():
+        return target
+    path, folder = path.resolve(), Path(folder).resolve()
+    return os.path.relpath(path, folder) if path.is_relative_to(folder.parent) else str(path)
+
+
+def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
+    """A labels folder's ``summary.json`` (empty if absent), its target LM resolved to load from here."""
+    file = Path(folder) / SUMMARY_FILE
+    summary = json.loads(file.read_text()) if file.exists() else {}
+    target = summary.get("target_lm")
+    if isinstance(target, str) and target.startswith(("./", "../")):
+        summary["target_lm"] = str((Path(folder) / target).resolve())
+    return summary
 
 
 def labels_folder(source: str) -> Path:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from airrep.cli import UsageError
 from airrep.labels.corpus import fingerprint, write_corpus
-from airrep.labels.dataset import MODES, write_labels_dataset
+from airrep.labels.dataset import MODES, portable_target_lm, write_labels_dataset
 from airrep.labels.ladder import scale_spec, target_lm_folder_name
 from airrep.labels.realtext import write_realtext_corpus
 from airrep.labels.subset_training import LORA_FIELDS, RELEASE_FIELDS, SFTSettings, train_and_score
@@ -37,7 +37,7 @@ from airrep.labels.target_lm import (
     load_target_lm,
     packaged_lm,
 )
-from airrep.outputs import claim, write_text
+from airrep.outputs import claim, write_json, write_text
 from airrep.presets import LABEL_PRESETS, LabelPreset, named, resolve
 from configuration_airrep import RecordFormatError, format_text
 from modeling_airrep import bf16_available
@@ -323,6 +323,22 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
     return settings
 
 
+def upgrade_absolute_target(folder: Path, recorded_target: str) -> None:
+    """Rewrite an older record's absolute target-LM path in the portable form, where both name one folder.
+
+    Folders started before targets were recorded relative to them hold the absolute path of the
+    target LM beside them, which no longer matches once the parent is moved or cloned elsewhere.
+    """
+    file = folder / "generation_settings.json"
+    if not file.exists() or not recorded_target.startswith("../"):
+        return
+    settings = json.loads(file.read_text())
+    old = settings.get("target_lm")
+    beside = Path(recorded_target).parent == Path("..")
+    if isinstance(old, str) and Path(old).is_absolute() and beside and Path(old).name == Path(recorded_target).name:
+        write_json(file, settings | {"target_lm": recorded_target})
+
+
 def shard_path(folder: Path, pair: Pair) -> Path:
     return folder / "shards" / f"{pair.pair_id}.json"
 
@@ -424,11 +440,13 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
     query_examples = tokenize_all(sft, tokenizer, model, query_records, query_source, query_split)
     check_disjoint(args.mode, pairs, query_source, pool, test)
 
+    recorded_target = portable_target_lm(target, folder)
     if state.is_main_process:
+        upgrade_absolute_target(folder, recorded_target)
         claim(
             folder,
             "generation_settings.json",
-            settings_fingerprint(args, preset, corpus, target),
+            settings_fingerprint(args, preset, corpus, recorded_target),
             "refusing to mix the two. Use another --output_dir, or delete the folder to start over.",
         )
     state.wait_for_everyone()
@@ -480,7 +498,7 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
         return None
     query_extra = {"split_id": [int(i // preset.queries_per_split) for i in range(len(query_records))],
                    "pool_index": [int(i) for i in query_source]} if args.mode == "train" else {}  # fmt: skip
-    summary = assemble(folder, args, preset, pairs, pool, query_records, query_extra, corpus, target,
+    summary = assemble(folder, args, preset, pairs, pool, query_records, query_extra, corpus, recorded_target,
                        time.perf_counter() - started, sum(p.numel() for p in model.parameters()))  # fmt: skip
     shutil.rmtree(folder / "shards")  # everything is in the parquet files now; keep uploads small
     if not summary["labels"]:

@@ -253,17 +253,17 @@ def pair_scores(
 
 def _gradient_scores(method, pool_records, target_records, labels, projection_dim, seed) -> tuple[np.ndarray, str]:
     from airrep.evaluation.methods import GradientState
-    from airrep.labels.dataset import SUMMARY_FILE, labels_folder
+    from airrep.labels.dataset import SUMMARY_FILE, labels_folder, read_summary
     from airrep.presets import EVAL_PRESETS
 
     if labels is None:
         raise UsageError(f"method {method!r} needs --labels: the labels dataset whose target LM it takes gradients of")
-    summary_file = labels_folder(labels) / SUMMARY_FILE
-    if not summary_file.is_file():
+    folder = labels_folder(labels)
+    if not (folder / SUMMARY_FILE).is_file():
         raise UsageError(f"--labels {labels}: no {SUMMARY_FILE} recording the target LM and its SFT settings")
     if projection_dim < 1:
         raise UsageError(f"--projection_dim must be at least 1, got {projection_dim}")
-    summary = json.loads(summary_file.read_text())
+    summary = read_summary(folder)
     if method in LORA_GRADIENT_METHODS and not (summary.get("settings") or {}).get("lora_rank"):
         raise UsageError(f"method {method!r} reads the LoRA adapters, but --labels {labels} was made with full "
                          f"fine-tuning; use {method.removesuffix('-lora')!r}")  # fmt: skip

@@ -28,6 +28,7 @@ from airrep.evaluation.ladder import (
 from airrep.evaluation.ladder import build_ladder_report as build
 from airrep.labels import LabelArguments
 from airrep.labels import generate_labels as generate
+from airrep.labels.dataset import read_summary
 from airrep.labels.ladder import count_parameters, ladder, rung_factor, rung_name, scale_spec
 from airrep.labels.target_lm import llama_config
 from airrep.presets import LABEL_PRESETS
@@ -135,9 +136,9 @@ def test_one_run_at_several_sizes_equals_a_run_per_size(rungs):
 
 def test_each_rung_builds_its_own_target_lm_from_the_same_corpus(rungs):
     work, _ = rungs
-    summaries = {f: json.loads((work / f"labels-lds-{f}" / "summary.json").read_text()) for f in ("x1", "x10")}
-    assert summaries["x1"]["target_lm"].endswith("target-lm")
-    assert summaries["x10"]["target_lm"].endswith("target-lm-x10")
+    summaries = {f: read_summary(work / f"labels-lds-{f}") for f in ("x1", "x10")}
+    assert summaries["x1"]["target_lm"] == str(work / "target-lm")
+    assert summaries["x10"]["target_lm"] == str(work / "target-lm-x10")
     assert summaries["x1"]["corpus"]["fingerprint"] == summaries["x10"]["corpus"]["fingerprint"]
     built = LlamaForCausalLM.from_pretrained(summaries["x10"]["target_lm"])
     expected = scale_spec(LABEL_PRESETS["smoke"].target_lm, 10)

@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import random
+import shutil
 from pathlib import Path
 
 import helpers
@@ -108,6 +109,29 @@ def test_rerun_of_a_complete_folder_does_nothing(work):
     assert labels.stat().st_mtime_ns == before
 
 
+def test_a_labels_folder_moved_with_its_parent_finds_its_target_lm_and_resumes(work, tmp_path):
+    """The target LM beside the labels is recorded relative to them, so a copy of the parent elsewhere (another
+    clone, another machine) loads it and resumes; a folder recorded with an absolute path before that is upgraded."""
+    from airrep.evaluation.data import load_eval_data
+
+    moved = tmp_path / "moved"
+    for name in ("labels-lds", "target-lm", "corpus"):
+        shutil.copytree(work / name, moved / name)
+    settings_file = moved / "labels-lds" / "generation_settings.json"
+    settings = json.loads(settings_file.read_text())
+    assert settings["target_lm"] == "../target-lm"
+    assert json.loads((moved / "labels-lds" / "summary.json").read_text())["target_lm"] == "../target-lm"
+    assert load_eval_data(str(moved / "labels-lds")).summary["target_lm"] == str(moved / "target-lm")
+    # As recorded before: the absolute path of the target LM beside the folder where the labels were made.
+    settings_file.write_text(json.dumps(settings | {"target_lm": str(work / "target-lm")}))
+    run(LabelArguments(output_dir=str(moved / "labels-lds"), preset="smoke", mode="lds"))
+    assert json.loads(settings_file.read_text())["target_lm"] == "../target-lm"
+    # An absolute path that names another folder is another target LM, and stays refused.
+    settings_file.write_text(json.dumps(settings | {"target_lm": str(work / "another-lm")}))
+    with pytest.raises(ValueError, match=r"they differ in \['target_lm'\]"):
+        run(LabelArguments(output_dir=str(moved / "labels-lds"), preset="smoke", mode="lds"))
+
+
 def test_other_settings_are_refused(work):
     with pytest.raises(ValueError, match=r"was made with other settings \(they differ in \['preset'\]\)"):
         run(LabelArguments(output_dir=str(work / "labels-lds"), preset="smoke", mode="lds", learning_rate=0.5))
@@ -159,7 +183,7 @@ def test_a_preset_may_name_a_pretrained_target_lm(work, monkeypatch):
     monkeypatch.setitem(LABEL_PRESETS, "smoke", dataclasses.replace(LABEL_PRESETS["smoke"], pretrained_lm=target))
     small = dict(preset="smoke", mode="lds", lds_subsets=2, noise_ceiling=0)
     summary = run(LabelArguments(output_dir=str(work / "labels-preset-lm"), **small))
-    assert summary["target_lm"] == target and summary["corpus"].get("warm_start") is None
+    assert summary["target_lm"] == "../target-lm" and summary["corpus"].get("warm_start") is None
     with pytest.raises(ValueError, match=f"grows the built-in target LM; it cannot apply to {target}"):
         run(LabelArguments(output_dir=str(work / "labels-preset-lm-x10"), target_lm_scale=10, **small))
 
@@ -516,7 +540,7 @@ def test_the_builtin_realtext_corpus_gets_labels_and_a_target_lm_of_its_own(work
     summary = run(LabelArguments(output_dir=str(work / "labels-realtext"), preset="smoke", mode="lds",
                                  corpus="builtin:realtext", noise_ceiling=0))  # fmt: skip
     assert summary["corpus"]["name"] == "airrep-realtext" and summary["labels"] == 8
-    assert summary["target_lm"] == str(work / "target-lm-realtext")
+    assert summary["target_lm"] == "../target-lm-realtext"
     assert (work / "target-lm" / "target_lm_spec.json").read_text() == before
     pool = load(work / "labels-realtext", "pool")
     corpus = load_dataset(str(work / "corpus-realtext"))

@@ -12,6 +12,7 @@ from torch.func import functional_call
 from transformers import AutoModelForCausalLM
 
 from airrep.evaluation.gradient_methods import per_example_gradients
+from airrep.labels.dataset import read_summary
 from airrep.labels.subset_training import (
     SFTSettings,
     finetune,
@@ -214,7 +215,7 @@ def test_generate_labels_with_lora_records_what_was_trained(tmp_path):
                                      projection_dim=[16]))  # fmt: skip
     assert results["errors"] == {} and list(results["methods"]) == methods
     details = results["method_details"]
-    target = with_lora(AutoModelForCausalLM.from_pretrained(summary["target_lm"]),
+    target = with_lora(AutoModelForCausalLM.from_pretrained(read_summary(tmp_path / "labels-lds")["target_lm"]),
                        SFTSettings.from_recipe(summary["settings"]))  # fmt: skip
     n_adapters = sum(p.numel() for n, p in target.named_parameters() if "lora_" in n)
     named = f"of the {n_adapters:,} LoRA adapter weights (LoRA adapters only (peft): rank 2"
