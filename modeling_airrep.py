@@ -854,7 +854,9 @@ model = SentenceTransformer("ORG/{name}", trust_remote_code=True)
                 or ``"bf16"``. The first call in a process compiles (seconds to a minute); later calls
                 reuse the kernels. It needs a C++ compiler at run time ([`compile_available`]) and pays
                 mostly under bf16; its speed and its distance from eager fp32 are in the project's
-                benchmarks (``bench_encode_backends.py``).
+                benchmarks (``bench_encode_roofline.py --compile`` end to end,
+                ``bench_encode_backends.py`` for the forward alone). Each call checks its first
+                batch against the eager forward and stops with an error if they disagree.
 
         Returns:
             ``(n, projection_dim)`` float32 embeddings, or ``(projection_dim,)`` for a single input.
