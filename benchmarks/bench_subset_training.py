@@ -6,7 +6,9 @@ or, with ``--target_lm``, a pretrained causal LM (a folder, or ``builtin:smollm2
 its own tokenizer, on the corpus ``--corpus`` names. ``--lora_ranks 0 8`` repeats every variant with
 full fine-tuning and with rank-8 LoRA adapters (``generate_labels.py --lora_rank``), and
 ``--lora_layers 0 4`` each LoRA variant with adapters in every layer and in the top 4 only
-(``--lora_layers``).
+(``--lora_layers``). ``--cache_frozen_layers`` repeats each top-layer variant trained from the cached
+output of the layers below the adapters (``generate_labels.py --cache_frozen_layers``); the cache is
+built once per precision and top-layer count, timed apart (``cache_seconds``).
 Each variant trains the same ``--models`` subset models (same subsets, seeds and hyper-parameters)
 and scores them on the same queries. Variants differ in how many models train at once; in where the
 LM head runs (at every position, or only at response positions: ``logits_to_keep``); in whether a
@@ -34,7 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from airrep.labels import corpus as synthetic
 from airrep.labels import realtext
-from airrep.labels.subset_training import SFTSettings, train_and_score
+from airrep.labels.subset_training import FrozenLayerCache, SFTSettings, cache_frozen_layers, train_and_score
 from airrep.labels.target_lm import (
     BUILTIN_PREFIX,
     convert_packaged_lm,
@@ -63,6 +65,8 @@ def main() -> None:
     parser.add_argument("--lora_ranks", type=int, nargs="+", default=[0], help="0 = full fine-tuning")
     parser.add_argument("--lora_layers", type=int, nargs="+", default=[0],
                         help="LoRA variants with adapters in the top N layers only (0 = every layer)")  # fmt: skip
+    parser.add_argument("--cache_frozen_layers", action="store_true",
+                        help="also time each top-layer LoRA variant trained from the frozen layers' cache")  # fmt: skip
     parser.add_argument("--subset_size", type=int, help="override the preset's train_subset_size")
     parser.add_argument("--batch_size", type=int, help="override the preset's SFT batch size")
     parser.add_argument("--epochs", type=int, help="override the preset's SFT epochs")
@@ -128,6 +132,24 @@ def main() -> None:
         for layers in (args.lora_layers if rank else [0])
         for name, n, overrides in variants
     ]
+    if args.cache_frozen_layers:
+        variants += [(f"{name}, frozen layers cached", n, overrides | {"cached": True})
+                     for name, n, overrides in variants if overrides.get("lora_layers")]  # fmt: skip
+    caches: dict[tuple[int, bool], FrozenLayerCache] = {}
+    cache_seconds: dict[str, float] = {}
+
+    def inputs(variant_settings: SFTSettings, cached: bool) -> tuple:
+        """The model, pool, queries and pad id a variant trains on: the target LM's, or the cache's."""
+        if not cached:
+            return model, pool, queries, tokenizer.pad_token_id
+        key = (variant_settings.lora_layers, variant_settings.bf16)
+        if key not in caches:
+            start = time.perf_counter()
+            caches[key] = cache_frozen_layers(model, variant_settings, pool, queries, tokenizer.pad_token_id)
+            cache_seconds[f"top {key[0]} layers{', bf16' if key[1] else ''}"] = time.perf_counter() - start
+        cache = caches[key]
+        return cache.model, cache.pool, cache.queries, cache.pad_id
+
     seconds: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     losses: dict[str, np.ndarray] = {}
     # Rounds run every variant once, in turn, so that a slow spell of a shared machine hits all of
@@ -137,13 +159,17 @@ def main() -> None:
             # As generate_labels does: eager attention where models are stacked (vmap has no batching rule
             # for the fused kernels), the model's own (sdpa) one at a time.
             model.set_attn_implementation("eager" if together > 1 else default_attention)
+            overrides = dict(overrides)
+            cached = overrides.pop("cached", False)
             variant_settings = dataclasses.replace(settings, **overrides)
+            lm, examples, scored, pad_id = inputs(variant_settings, cached)
+            if cached:
+                lm.set_attn_implementation("eager" if together > 1 else default_attention)
             start = time.perf_counter()
             losses[name] = np.concatenate(
                 [
-                    train_and_score(model, pool, queries, subsets[i : i + together], query_sets[i : i + together],
-                                    list(range(i, min(i + together, args.models))), variant_settings,
-                                    tokenizer.pad_token_id)
+                    train_and_score(lm, examples, scored, subsets[i : i + together], query_sets[i : i + together],
+                                    list(range(i, min(i + together, args.models))), variant_settings, pad_id)
                     for i in range(0, args.models, together)
                 ]
             )  # fmt: skip
@@ -168,6 +194,15 @@ def main() -> None:
             f"{row['speedup']:.2f}x vs {base_name} "
             f"(losses differ by {row['max_abs_loss_difference_vs_first']:.1e})"
         )
+    for name, cached in [(name, f"{name}, frozen layers cached") for name in figures]:
+        if cached in figures:
+            row = figures[cached]
+            row["speedup_vs_uncached"] = figures[name]["seconds_per_model"] / row["seconds_per_model"]
+            row["max_abs_loss_difference_vs_uncached"] = float(np.abs(losses[cached] - losses[name]).max())
+            print(f"  cached / uncached, {name}: {row['speedup_vs_uncached']:.2f}x, losses differ by "
+                  f"{row['max_abs_loss_difference_vs_uncached']:.1e}")  # fmt: skip
+    for name, spent in cache_seconds.items():
+        print(f"  building the cache ({name}): {spent:.1f} s, once per run")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(
@@ -181,6 +216,7 @@ def main() -> None:
                     "repeats": args.repeats,
                     "threads": torch.get_num_threads(),
                     "figures": figures,
+                    "cache_seconds": cache_seconds,
                 },
                 handle,
                 indent=2,

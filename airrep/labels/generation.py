@@ -29,7 +29,13 @@ from airrep.labels.corpus import fingerprint, write_corpus
 from airrep.labels.dataset import MODES, portable_target_lm, write_labels_dataset
 from airrep.labels.ladder import scale_spec, target_lm_folder_name
 from airrep.labels.realtext import write_realtext_corpus
-from airrep.labels.subset_training import LORA_FIELDS, RELEASE_FIELDS, SFTSettings, train_and_score
+from airrep.labels.subset_training import (
+    LORA_FIELDS,
+    RELEASE_FIELDS,
+    SFTSettings,
+    cache_frozen_layers,
+    train_and_score,
+)
 from airrep.labels.target_lm import (
     BUILTIN_PREFIX,
     build_target_lm,
@@ -54,6 +60,7 @@ _NOT_PRESET_FIELDS = {
     "target_lm_scale",
     "bf16",
     "warm_start_share",
+    "cache_frozen_layers",
 }
 
 
@@ -120,6 +127,13 @@ class LabelArguments:
         default=None,
         metadata={"help": "Adapters only in the top N decoder layers (0 = every layer): the backward pass then "
                           "stops there."},
+    )  # fmt: skip
+    cache_frozen_layers: bool = field(
+        default=False,
+        metadata={"help": "With --lora_layers N: run the layers below the adapters once over the pool and the "
+                          "queries, and train every subset model from their cached output, so each runs only the "
+                          "top N layers. The same labels up to rounding (recorded in the settings); memory: 4 "
+                          "bytes per hidden unit per token of the pool and queries."},
     )  # fmt: skip
     seed: int | None = field(default=None, metadata={"help": "Override: seed of the subset plan."})
     warm_start_share: float = field(
@@ -320,6 +334,8 @@ def settings_fingerprint(args: LabelArguments, preset: LabelPreset, corpus: dict
         settings["warm_start"] = corpus["warm_start"]
     if bf16:  # a key of its own, named when it differs; absent, as before the option existed, for fp32
         settings["bf16"] = True
+    if args.cache_frozen_layers:  # changes the labels' rounding; absent, as before the option existed, when off
+        settings["cache_frozen_layers"] = True
     return settings
 
 
@@ -403,6 +419,9 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
         if target_lm is not None:
             raise UsageError(f"--target_lm_scale grows the built-in target LM; it cannot apply to {target_lm}")
         preset = replace(preset, target_lm=scale_spec(preset.target_lm, args.target_lm_scale))
+    if args.cache_frozen_layers and not (preset.lora_rank and preset.lora_layers):
+        raise UsageError("--cache_frozen_layers needs adapters in the top layers only (--lora_rank and "
+                         "--lora_layers above 0): otherwise no layer is the same in every subset model")  # fmt: skip
     state = PartialState(cpu=not torch.cuda.is_available())
     started = time.perf_counter()
     folder = Path(args.output_dir)
@@ -464,6 +483,16 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
     done_before = sum(len(b) for b in mine) - sum(len(b) for b in todo)
     if done_before:
         logger.info("rank %d: resuming, %d subset model(s) already done", state.process_index, done_before)
+    target_parameters = sum(p.numel() for p in model.parameters())
+    pad_id = tokenizer.pad_token_id
+    if args.cache_frozen_layers and todo:
+        try:
+            cached = cache_frozen_layers(model, sft, pool_examples, query_examples, pad_id)
+        except ValueError as error:
+            raise UsageError(f"--cache_frozen_layers: {error}") from None
+        logger.info("cached the output of %d frozen layer(s) for %d examples (%.0f MB)", cached.frozen_layers,
+                    len(pool_examples) + len(query_examples), cached.table_bytes / 1e6)  # fmt: skip
+        model, pool_examples, query_examples, pad_id = cached.model, cached.pool, cached.queries, cached.pad_id
     progress = tqdm(total=sum(len(b) for b in todo), desc=f"subset models (rank {state.process_index})",
                     disable=not state.is_local_main_process)  # fmt: skip
     for batch in todo:
@@ -476,7 +505,7 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
             [p.queries for p in batch],
             [p.seed for p in batch],
             sft,
-            tokenizer.pad_token_id,
+            pad_id,
         )
         seconds = (time.perf_counter() - tic) / len(batch)
         for pair, row in zip(batch, losses, strict=True):
@@ -499,7 +528,7 @@ def generate_labels(args: LabelArguments) -> dict[str, Any] | None:
     query_extra = {"split_id": [int(i // preset.queries_per_split) for i in range(len(query_records))],
                    "pool_index": [int(i) for i in query_source]} if args.mode == "train" else {}  # fmt: skip
     summary = assemble(folder, args, preset, pairs, pool, query_records, query_extra, corpus, recorded_target,
-                       time.perf_counter() - started, sum(p.numel() for p in model.parameters()))  # fmt: skip
+                       time.perf_counter() - started, target_parameters)  # fmt: skip
     shutil.rmtree(folder / "shards")  # everything is in the parquet files now; keep uploads small
     if not summary["labels"]:
         raise RuntimeError(

@@ -10,6 +10,10 @@ With ``SFTSettings.lora_rank`` > 0 each subset model trains LoRA adapters (``pef
 weight: the adapters are injected into a copy of the target LM, only they are stacked, and the frozen
 base weights are shared by every model in the batch.
 
+With adapters in the top layers only (``SFTSettings.lora_layers``), the layers below them are the same
+in every subset model: :func:`cache_frozen_layers` runs them once over the pool and the queries and
+hands back a model that starts from their output, so each subset model runs only the adapted layers.
+
 A training batch is packed: its examples share rows of ``SFTSettings.pack_length`` tokens, each kept
 to itself by position ids and a block-causal mask (``target_lm.collate_packed``). Examples average a
 fifth of the longest one, so padding each to the longest of the step would spend most of the step
@@ -18,6 +22,7 @@ on padding, the more so the more models are stacked.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -502,3 +507,127 @@ def finetune_adapters(
         raise ValueError("finetune_adapters needs LoRA settings (lora_rank > 0)")
     adapted = with_lora(model, settings)
     return adapted, _epoch_checkpoints(adapted, pool, subset, seed, settings, pad_id)
+
+
+class PassThrough(torch.nn.Module):
+    """Stands in for a frozen decoder layer whose output is already in the cache: returns its input."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the hidden states it was run for are captured."""
+
+
+@dataclass
+class FrozenLayerCache:
+    """A target LM that starts at its lowest adapted layer, and the examples re-indexed into its cache.
+
+    ``model``'s token embedding is the table of cached hidden states (one row per token of every
+    example, then a zero row for padding) and its frozen layers pass their input through, so an
+    example's "token ids" are the rows of its own tokens. :func:`train_and_evaluate` takes it as it
+    takes the target LM: same labels, the same losses up to rounding.
+    """
+
+    model: torch.nn.Module
+    pool: list[SFTExample]
+    queries: list[SFTExample]
+    pad_id: int
+    frozen_layers: int
+    table_bytes: int
+
+
+def _hidden_states_before(
+    model: torch.nn.Module, layer: int, examples: Sequence[SFTExample], pad_id: int, batch_size: int, bf16: bool
+) -> list[torch.Tensor]:
+    """Each example's hidden states at the input of decoder layer ``layer``, ``(length, hidden)`` float32.
+
+    Examples run in padded batches (right padding does not reach real tokens in a causal LM), and each
+    forward stops at ``layer``: the layers above it are never run.
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        captured.append((args[0] if args else kwargs["hidden_states"]).detach().float())
+        raise _Captured
+
+    device = next(model.parameters()).device
+    handle = model.get_decoder().layers[layer].register_forward_pre_hook(capture, with_kwargs=True)
+    states = []
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for begin in range(0, len(examples), batch_size):
+                batch = examples[begin : begin + batch_size]
+                ids, _ = collate(batch, pad_id)
+                with contextlib.suppress(_Captured):
+                    model.get_decoder()(input_ids=ids.to(device), use_cache=False)
+                hidden = captured.pop()
+                states.extend(hidden[row, : len(e.input_ids)].cpu() for row, e in enumerate(batch))
+    finally:
+        handle.remove()
+    return states
+
+
+def cache_frozen_layers(
+    model: torch.nn.Module,
+    settings: SFTSettings,
+    pool: Sequence[SFTExample],
+    queries: Sequence[SFTExample],
+    pad_id: int,
+) -> FrozenLayerCache:
+    """Run the layers below the adapters once over ``pool`` and ``queries``, for every subset model to share.
+
+    Under ``lora_layers`` N the bottom L - N decoder layers and the embedding never change, so their
+    output for an example is the same in every subset model. This computes it once (under the settings'
+    precision) and returns a copy of ``model`` that reads it from a table instead: training and scoring
+    then run only the top N layers and the head. The table holds 4 bytes per hidden unit per token of
+    every example (``table_bytes``).
+
+    Raises:
+        ValueError: the settings train more than the top layers, the model keeps its decoder layers
+            elsewhere than ``get_decoder().layers``, or its forward does not take the cached states as
+            they are (checked on the first example in float32 against the whole model; an architecture
+            that rescales its embeddings, as Gemma's does, fails here).
+    """
+    if not settings.lora_rank or not settings.lora_layers:
+        raise ValueError("caching the frozen layers needs LoRA adapters in the top layers only "
+                         "(lora_rank > 0 and lora_layers > 0): otherwise every layer trains")  # fmt: skip
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    total = model.config.num_hidden_layers
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) != total:
+        raise ValueError(f"{type(model).__name__} keeps no {total} decoder layers in get_decoder().layers; "
+                         "its frozen layers cannot be cached")  # fmt: skip
+    if not 0 < settings.lora_layers <= total:
+        raise ValueError(f"lora_layers must be in [1, {total}] (the model's layers), not {settings.lora_layers}")
+    first = total - settings.lora_layers
+    examples = [*pool, *queries]
+    states = _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16)
+    table = torch.cat([*states, torch.zeros(1, states[0].shape[-1])])
+
+    top = copy.deepcopy(model).eval()
+    top_decoder = top.get_decoder()
+    for index in range(first):
+        top_decoder.layers[index] = PassThrough()
+    top_decoder.embed_tokens = torch.nn.Embedding.from_pretrained(table.to(next(model.parameters()).device))
+
+    # The architecture check, in float32 so that rounding cannot hide a mismatch or fake one.
+    probe = examples[0]
+    ids = torch.tensor([probe.input_ids], device=table.device)
+    (probe_states,) = _hidden_states_before(model, first, [probe], pad_id, 1, bf16=False)
+    with torch.no_grad():
+        whole = model(input_ids=ids, use_cache=False).logits
+        cached = top(inputs_embeds=probe_states[None].to(table.device), use_cache=False).logits
+    error = float((whole - cached).abs().max() / whole.abs().max().clamp(min=1e-12))
+    if not error < 1e-4:
+        raise ValueError(f"{type(model).__name__} does not give the same logits from cached hidden states (relative "
+                         f"difference {error:.2g}); train without caching the frozen layers")  # fmt: skip
+
+    surrogates, offset = [], 0
+    for example in examples:
+        rows = list(range(offset, offset + len(example.input_ids)))
+        surrogates.append(SFTExample(rows, list(example.labels)))
+        offset += len(rows)
+    return FrozenLayerCache(top, surrogates[: len(pool)], surrogates[len(pool) :], offset, first,
+                            table.numel() * table.element_size())  # fmt: skip

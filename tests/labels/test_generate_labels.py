@@ -188,6 +188,23 @@ def test_a_preset_may_name_a_pretrained_target_lm(work, monkeypatch):
         run(LabelArguments(output_dir=str(work / "labels-preset-lm-x10"), target_lm_scale=10, **small))
 
 
+def test_cached_frozen_layers_make_the_labels_of_the_whole_model_and_are_recorded(work):
+    small = dict(preset="smoke", mode="lds", lds_subsets=2, noise_ceiling=0, lora_rank=2, lora_layers=1, bf16=False)
+    whole = run(LabelArguments(output_dir=str(work / "labels-top-layer"), **small))
+    cached = run(LabelArguments(output_dir=str(work / "labels-top-layer-cached"), cache_frozen_layers=True, **small))
+    assert cached["target_lm_parameters"] == whole["target_lm_parameters"]
+    np.testing.assert_allclose(load(work / "labels-top-layer-cached", "labels")["losses"],
+                               load(work / "labels-top-layer", "labels")["losses"], rtol=1e-5)  # fmt: skip
+    recorded = json.loads((work / "labels-top-layer-cached" / "generation_settings.json").read_text())
+    assert recorded["cache_frozen_layers"] is True
+    assert "cache_frozen_layers" not in json.loads((work / "labels-top-layer" / "generation_settings.json").read_text())
+    with pytest.raises(ValueError, match=r"they differ in \['cache_frozen_layers'\]"):
+        run(LabelArguments(output_dir=str(work / "labels-top-layer"), cache_frozen_layers=True, **small))
+    with pytest.raises(ValueError, match=r"--cache_frozen_layers needs adapters in the top layers only"):
+        run(LabelArguments(output_dir=str(work / "labels-full"), preset="smoke", mode="lds", cache_frozen_layers=True))
+    assert not (work / "labels-full").exists()
+
+
 def test_the_bf16_flag_parses_like_a_bool_flag_and_defaults_to_the_preset():
     from transformers import HfArgumentParser
 

@@ -14,7 +14,9 @@ from transformers import AutoModelForCausalLM
 from airrep.evaluation.gradient_methods import per_example_gradients
 from airrep.labels.dataset import read_summary
 from airrep.labels.subset_training import (
+    PassThrough,
     SFTSettings,
+    cache_frozen_layers,
     finetune,
     finetune_adapters,
     merged_parameters,
@@ -178,6 +180,50 @@ def test_adapters_in_the_top_layer_only_train_only_it_as_peft_does(tiny):
     assert "of the top 1 decoder layer(s)" in top.trained_parameters()
     with pytest.raises(ValueError, match=r"lora_layers must be in \[1, 2\]"):
         with_lora(model, dataclasses.replace(SETTINGS, lora_layers=3))
+
+
+def test_cached_frozen_layers_give_the_losses_of_the_whole_model(tiny):
+    """Subset models trained from the cached output of the layers below the adapters match those trained
+    through every layer: one at a time and stacked, with packed training rows and padded query rows."""
+    model, pad_id, pool, queries = tiny
+    top = dataclasses.replace(SETTINGS, lora_layers=1)
+    cache = cache_frozen_layers(model, top, pool, queries, pad_id)
+    assert cache.frozen_layers == 1 and isinstance(cache.model.get_decoder().layers[0], PassThrough)
+    tokens = sum(len(e.input_ids) for e in [*pool, *queries])
+    assert cache.table_bytes == (tokens + 1) * model.config.hidden_size * 4 and cache.pad_id == tokens
+    # Each example's "ids" are the table rows of its own tokens; its labels are untouched.
+    assert [len(e.input_ids) for e in cache.queries] == [len(e.input_ids) for e in queries]
+    assert [e.labels for e in cache.pool] == [e.labels for e in pool]
+    rng = np.random.default_rng(1)
+    subsets = [np.sort(rng.choice(len(pool), 24, replace=False)) for _ in range(2)]
+    query_sets = [np.arange(len(queries))] * 2
+    whole = train_and_score(model, pool, queries, subsets, query_sets, [4, 5], top, pad_id)
+    cached = train_and_score(cache.model, cache.pool, cache.queries, subsets, query_sets, [4, 5], top, cache.pad_id)
+    np.testing.assert_allclose(cached, whole, rtol=1e-5)
+    alone = train_and_score(cache.model, cache.pool, cache.queries, subsets[1:], query_sets[1:], [5], top,
+                            cache.pad_id)  # fmt: skip
+    np.testing.assert_allclose(alone[0], whole[1], rtol=1e-5)
+    # The cached model is a copy: the target LM keeps its layers and embedding.
+    assert not isinstance(model.get_decoder().layers[0], PassThrough)
+    assert model.get_decoder().embed_tokens.weight.shape[0] == model.config.vocab_size
+
+
+def test_frozen_layers_are_cached_only_under_top_layer_adapters_and_a_forward_that_takes_them(tiny):
+    model, pad_id, pool, queries = tiny
+    with pytest.raises(ValueError, match=r"needs LoRA adapters in the top layers only"):
+        cache_frozen_layers(model, dataclasses.replace(SETTINGS, lora_layers=0), pool, queries, pad_id)
+    with pytest.raises(ValueError, match=r"lora_layers must be in \[1, 2\]"):
+        cache_frozen_layers(model, dataclasses.replace(SETTINGS, lora_layers=3), pool, queries, pad_id)
+    # OPT adds its learned position embeddings to whatever enters the decoder, cached states included:
+    # refused, not trained on states that carry their positions twice.
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=32)
+    config = OPTConfig(vocab_size=model.config.vocab_size, max_position_embeddings=64, pad_token_id=pad_id, **sizes)
+    with pytest.raises(ValueError, match=r"OPTForCausalLM does not give the same logits from cached hidden states"):
+        cache_frozen_layers(OPTForCausalLM(config).eval(), dataclasses.replace(SETTINGS, lora_layers=1), pool,
+                            queries, pad_id)  # fmt: skip
 
 
 def test_the_settings_name_what_is_trained():
