@@ -5,6 +5,11 @@
 #
 #   labels   the lds labels (--preset smollm2): random subsets, their LoRA models' losses on held-out
 #            test queries, and twins for the noise ceiling
+#   recipe   AirRep's third recipe: SmolLM2's own train labels (cross-validation splits of the pool, the
+#            layers below the adapters computed once: --cache_frozen_layers) and a checkpoint trained on
+#            them, $OUT/model-smollm2
+#   validate the AirRep checkpoints in MODELS and the untrained encoder on the validation splits of those
+#            train labels ($OUT/validation.json): choose BEST there, never on the lds test queries
 #   eval     every method on those labels: the lexical ones, the untrained encoder, the gradient methods
 #            (every weight, and the LoRA adapters only) at each projection size, EK-FAC, and every
 #            AirRep checkpoint in MODELS
@@ -12,11 +17,13 @@
 #            and the cost ratio of AirRep against LoGra and EK-FAC at this size
 #
 #   bash benchmarks/run_real_rung.sh labels
+#   bash benchmarks/run_real_rung.sh recipe
+#   MODELS="out/demo/model out/realtext/model-s120 out/real/model-smollm2" bash benchmarks/run_real_rung.sh validate
 #       (the finished labels are committed in benchmarks/real/labels-lds: `mkdir -p out/real && cp -r
 #       benchmarks/real/labels-lds out/real/` first, and this step only rebuilds the corpus and SmolLM2's
 #       folder, which the labels name relative to themselves, and finds the labels complete)
-#   MODELS="out/demo/model out/realtext/model-s120" bash benchmarks/run_real_rung.sh eval
-#   BEST=model-s120 bash benchmarks/run_real_rung.sh report
+#   MODELS="out/demo/model out/realtext/model-s120 out/real/model-smollm2" bash benchmarks/run_real_rung.sh eval
+#   BEST=<the checkpoint validation chose> bash benchmarks/run_real_rung.sh report
 #
 # Environment:
 #   OUT      folder of the corpus, the converted SmolLM2, labels and reports (default out/real)
@@ -28,6 +35,8 @@
 #   PYTHON   interpreter (default .venv/bin/python)
 # and, to run the same steps at another size (the test runs them at smoke size):
 #   PRESET, LABEL_ARGS   label preset (default smollm2) and more generate_labels.py flags (default none)
+#   TRAIN_LABEL_ARGS     generate_labels.py flags for the train labels only (default --cache_frozen_layers)
+#   TRAIN_PRESET, TRAIN_ARGS   train_airrep.py preset (default demo) and more flags (default none)
 #   EVAL_PRESET          eval_lds.py preset (default demo)
 #   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 12)
 #   COLUMNS              metadata columns for the label structure (default "task source category targets")
@@ -45,6 +54,8 @@ RUNG=${RUNG:-smollm2-135m}
 read -r -a dims <<<"$DIMS"
 read -r -a models <<<"${MODELS:-}"
 read -r -a label_args <<<"${LABEL_ARGS:-}"
+read -r -a train_label_args <<<"${TRAIN_LABEL_ARGS---cache_frozen_layers}"
+read -r -a train_args <<<"${TRAIN_ARGS:-}"
 read -r -a cost_args <<<"${COST_ARGS:---rungs smollm2-135m --ekfac}"
 read -r -a columns <<<"${COLUMNS:-task source category targets}"
 labels=$OUT/labels-lds
@@ -52,6 +63,21 @@ labels=$OUT/labels-lds
 case ${1:-} in
   labels)
     "$PYTHON" generate_labels.py --preset "$PRESET" --mode lds --output_dir "$labels" "${label_args[@]}"
+    ;;
+  recipe)
+    "$PYTHON" generate_labels.py --preset "$PRESET" --mode train --output_dir "$OUT/labels-train" \
+      "${label_args[@]}" "${train_label_args[@]}"
+    if [[ -f $OUT/model-smollm2/airrep_training.json ]]; then
+      echo "$OUT/model-smollm2 is trained; remove it to train again"
+    else
+      "$PYTHON" train_airrep.py --preset "${TRAIN_PRESET:-demo}" --labels "$OUT/labels-train" \
+        --output_dir "$OUT/model-smollm2" "${train_args[@]}"
+    fi
+    ;;
+  validate)
+    : "${MODELS:?name the AirRep checkpoints to compare on the validation splits}"
+    "$PYTHON" -m airrep.evaluation.compare_validation --labels "$OUT/labels-train" --models "${models[@]}" untrained \
+      --output "$OUT/validation.json"
     ;;
   eval)
     # Checked before any work: each checkpoint's report is named after its folder.
@@ -108,7 +134,7 @@ case ${1:-} in
     echo "real rung: $OUT/ladder/ladder.md"
     ;;
   *)
-    echo "usage: bash benchmarks/run_real_rung.sh labels|eval|report (see the top of the script)" >&2
+    echo "usage: bash benchmarks/run_real_rung.sh labels|recipe|validate|eval|report (see the top of the script)" >&2
     exit 2
     ;;
 esac

@@ -265,16 +265,17 @@ def test_run_ladder_script_end_to_end(saved_folder, tmp_path):
 
 @pytest.mark.slow
 def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
-    """benchmarks/run_real_rung.sh's three steps at smoke size, with LoRA subset models as on the real rung."""
+    """benchmarks/run_real_rung.sh's steps at smoke size, with LoRA subset models as on the real rung."""
     env = {
         **os.environ,
         "OUT": str(tmp_path),
         "PRESET": "smoke",
-        "LABEL_ARGS": "--lora_rank 2 --learning_rate 1e-2 --lds_subset_size 16",
+        "LABEL_ARGS": "--lora_rank 2 --lora_layers 1 --learning_rate 1e-2 --lds_subset_size 16",
+        "TRAIN_PRESET": "smoke",
         "EVAL_PRESET": "smoke",
         "DIMS": "16 24",
         "EKFAC_MEMORY_GIB": "1",
-        "MODELS": str(saved_folder),
+        "MODELS": f"{saved_folder} {tmp_path / 'model-smollm2'}",
         "BEST": saved_folder.name,
         "COLUMNS": "task targets",
         "RUNG": "x1",
@@ -282,9 +283,10 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
         "--ekfac_queries 1",
         "PYTHON": sys.executable,
     }
-    for step in ("labels", "eval", "report"):
-        result = subprocess.run(["bash", "benchmarks/run_real_rung.sh", step], cwd=REPO, env=env, capture_output=True,
-                                text=True)  # fmt: skip
+    trained = {**env, "MODELS": str(tmp_path / "model-smollm2")}  # validation reads how a checkpoint was trained
+    for step in ("labels", "recipe", "validate", "eval", "report"):
+        result = subprocess.run(["bash", "benchmarks/run_real_rung.sh", step], cwd=REPO, capture_output=True,
+                                text=True, env=trained if step == "validate" else env)  # fmt: skip
         assert result.returncode == 0, (step, result.stderr[-3000:])
     paired = json.loads((tmp_path / "paired.json").read_text())
     compared = json.dumps(paired)
@@ -295,11 +297,21 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
     assert (tmp_path / "report-ekfac" / "work").is_dir() and not (tmp_path / "report-ekfac" / "work" / "ekfac").exists()
     ladder = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
     assert {"airrep", "ekfac", "grad-dot-lora@16"} <= set(ladder["rungs"]["x1"]["methods"])
+    # The third recipe: train labels with the frozen layers cached, a checkpoint on them, and the choice
+    # among the checkpoints on those labels' validation splits.
+    assert json.loads((tmp_path / "labels-train" / "generation_settings.json").read_text())["cache_frozen_layers"]
+    validation = json.loads((tmp_path / "validation.json").read_text())
+    assert {str(tmp_path / "model-smollm2"), "untrained"} <= set(json.dumps(validation).split('"'))
+    again = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "recipe"], cwd=REPO, env=env, capture_output=True,
+                           text=True)  # fmt: skip
+    assert again.returncode == 0 and "model-smollm2 is trained" in again.stdout
     labels_card = (tmp_path / "labels-lds" / "README.md").read_text()
     assert "random subsets of 16 of the pool" in labels_card and "LoRA adapters only" in labels_card
     wrong = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "label"], cwd=REPO, env=env, capture_output=True,
                            text=True)  # fmt: skip
-    assert wrong.returncode == 2 and "usage: bash benchmarks/run_real_rung.sh labels|eval|report" in wrong.stderr
+    assert wrong.returncode == 2 and "usage: bash benchmarks/run_real_rung.sh labels|recipe|validate|eval|report" in (
+        wrong.stderr
+    )
     # Each checkpoint has its own report, named after its folder; BEST names one that was scored.
     assert (tmp_path / f"report-airrep-{saved_folder.name}" / "results.json").exists()
     unscored = subprocess.run(["bash", "benchmarks/run_real_rung.sh", "report"], cwd=REPO, env={**env, "BEST": "other"},
