@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 
 import numpy as np
@@ -67,6 +68,8 @@ def main() -> None:
                         help="LoRA variants with adapters in the top N layers only (0 = every layer)")  # fmt: skip
     parser.add_argument("--cache_frozen_layers", action="store_true",
                         help="also time each top-layer LoRA variant trained from the frozen layers' cache")  # fmt: skip
+    parser.add_argument("--match", help="time only the variants whose name matches this regular expression "
+                                        "(the first of them is then the comparison)")  # fmt: skip
     parser.add_argument("--subset_size", type=int, help="override the preset's train_subset_size")
     parser.add_argument("--batch_size", type=int, help="override the preset's SFT batch size")
     parser.add_argument("--epochs", type=int, help="override the preset's SFT epochs")
@@ -135,6 +138,10 @@ def main() -> None:
     if args.cache_frozen_layers:
         variants += [(f"{name}, frozen layers cached", n, overrides | {"cached": True})
                      for name, n, overrides in variants if overrides.get("lora_layers")]  # fmt: skip
+    if args.match:
+        variants = [v for v in variants if re.search(args.match, v[0])]
+        if not variants:
+            parser.error(f"--match {args.match!r} matches no variant")
     caches: dict[tuple[int, bool], FrozenLayerCache] = {}
     cache_seconds: dict[str, float] = {}
 
