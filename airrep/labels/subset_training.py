@@ -165,9 +165,12 @@ def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
         bias="none",
         **layers,
     )
+    # Weights that are already frozen are shared with the copy rather than copied: nothing trains or
+    # changes them, and the frozen-layer cache's table may be large.
+    shared = {id(p): p for p in model.parameters() if not p.requires_grad}
     with torch.random.fork_rng(devices=[]):  # the adapters' init is seeded without touching the caller's RNG
         torch.manual_seed(settings.lora_seed)
-        adapted = inject_adapter_in_model(config, copy.deepcopy(model)).eval()
+        adapted = inject_adapter_in_model(config, copy.deepcopy(model, shared)).eval()
     for name, parameter in adapted.named_parameters():
         parameter.requires_grad_("lora_" in name)
     return adapted
@@ -611,6 +614,7 @@ def cache_frozen_layers(
     for index in range(first):
         top_decoder.layers[index] = PassThrough()
     top_decoder.embed_tokens = torch.nn.Embedding.from_pretrained(table.to(next(model.parameters()).device))
+    top.requires_grad_(False)  # only adapters train on it, so with_lora shares these weights, table included
 
     # The architecture check, in float32 so that rounding cannot hide a mismatch or fake one.
     probe = examples[0]

@@ -203,6 +203,12 @@ def test_cached_frozen_layers_give_the_losses_of_the_whole_model(tiny):
     alone = train_and_score(cache.model, cache.pool, cache.queries, subsets[1:], query_sets[1:], [5], top,
                             cache.pad_id)  # fmt: skip
     np.testing.assert_allclose(alone[0], whole[1], rtol=1e-5)
+    # Each subset model's adapted copy shares the cache's frozen weights instead of copying the table.
+    adapted = with_lora(cache.model, top)
+    table = cache.model.get_decoder().embed_tokens.weight
+    assert adapted.get_decoder().embed_tokens.weight.data_ptr() == table.data_ptr() and not table.requires_grad
+    embedding = model.get_decoder().embed_tokens.weight  # a target LM's trainable weights are still copied
+    assert with_lora(model, top).get_decoder().embed_tokens.weight.data_ptr() != embedding.data_ptr()
     # The cached model is a copy: the target LM keeps its layers and embedding.
     assert not isinstance(model.get_decoder().layers[0], PassThrough)
     assert model.get_decoder().embed_tokens.weight.shape[0] == model.config.vocab_size
