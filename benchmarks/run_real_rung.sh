@@ -37,6 +37,8 @@
 #   PRESET, LABEL_ARGS   label preset (default smollm2) and more generate_labels.py flags (default none)
 #   TRAIN_LABEL_ARGS     generate_labels.py flags for the train labels only (default --cache_frozen_layers)
 #   TRAIN_PRESET, TRAIN_ARGS   train_airrep.py preset (default demo) and more flags (default none)
+#   RECIPE_NAME          the checkpoint's folder in $OUT (default model-smollm2): another name trains another
+#                        candidate on the same train labels, e.g. with the authors' options in TRAIN_ARGS
 #   EVAL_PRESET          eval_lds.py preset (default demo)
 #   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 12)
 #   COLUMNS              metadata columns for the label structure (default "task source category targets")
@@ -67,11 +69,12 @@ case ${1:-} in
   recipe)
     "$PYTHON" generate_labels.py --preset "$PRESET" --mode train --output_dir "$OUT/labels-train" \
       "${label_args[@]}" "${train_label_args[@]}"
-    if [[ -f $OUT/model-smollm2/airrep_training.json ]]; then
-      echo "$OUT/model-smollm2 is trained; remove it to train again"
+    checkpoint=$OUT/${RECIPE_NAME:-model-smollm2}
+    if [[ -f $checkpoint/airrep_training.json ]]; then
+      echo "$checkpoint is trained; remove it to train again"
     else
       "$PYTHON" train_airrep.py --preset "${TRAIN_PRESET:-demo}" --labels "$OUT/labels-train" \
-        --output_dir "$OUT/model-smollm2" "${train_args[@]}"
+        --output_dir "$checkpoint" "${train_args[@]}"
     fi
     ;;
   validate)
