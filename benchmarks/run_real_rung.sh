@@ -31,6 +31,7 @@
 #            $OUT/report-airrep-NAME, NAME being the checkpoint folder's name; so a checkpoint trained
 #            later is scored by another `eval` with MODELS naming it alone (the other steps resume)
 #   BEST     NAME of the AirRep checkpoint chosen on validation splits (for `report`)
+#   BEST_POOLING   its pooling, also chosen on validation splits (default attention, AirRep's own)
 #   DIMS     gradient projection sizes (default "384 4096 18432")
 #   PYTHON   interpreter (default .venv/bin/python)
 # and, to run the same steps at another size (the test runs them at smoke size):
@@ -118,7 +119,8 @@ case ${1:-} in
       echo "BEST=$BEST: no report $best/results.json; score the checkpoint with the eval step first" >&2
       exit 2
     fi
-    methods=("$best:airrep")
+    # AirRep at the pooling validation chose, not the better of the two on these test queries.
+    methods=("$best:airrep.${BEST_POOLING:-attention}")
     for report in "$OUT/report" "$OUT/report-ekfac"; do
       for name in $("$PYTHON" -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["methods"]))' \
         "$report/results.json"); do

@@ -289,6 +289,8 @@ def test_run_real_rung_script_end_to_end(saved_folder, tmp_path):
                                 text=True, env=trained if step == "validate" else env)  # fmt: skip
         assert result.returncode == 0, (step, result.stderr[-3000:])
     paired = json.loads((tmp_path / "paired.json").read_text())
+    # AirRep enters at the pooling chosen on validation (BEST_POOLING, default attention), not the better one on test.
+    assert paired["reference"] == f"{tmp_path}/report-airrep-{saved_folder.name}:airrep.attention"
     compared = json.dumps(paired)
     for name in ("grad-dot-lora@16", "tracin-lora@24", "grad-cos@24", "logra@16", "ekfac", "tfidf"):
         assert name in compared, name
