@@ -95,14 +95,14 @@ def portable_target_lm(target: str, folder: str | os.PathLike) -> str:
     """How a labels folder records its target LM: relative to the folder when the target sits beside it.
 
     ``generate_labels.py`` builds or converts its target LM in the labels folder's parent, so
-    ``"../name"`` keeps the record valid when that parent is moved or cloned elsewhere. Another local
-    folder is recorded by its absolute path; anything else (a Hub id) as given.
+    ``"../name"`` keeps the record valid when that parent is moved or cloned elsewhere. Anything else
+    (another folder, a Hub id) is recorded as given, as it was before this form existed.
     """
     path = Path(target)
     if not path.exists():
         return target
     path, folder = path.resolve(), Path(folder).resolve()
-    return os.path.relpath(path, folder) if path.is_relative_to(folder.parent) else str(path)
+    return os.path.relpath(path, folder) if path.is_relative_to(folder.parent) else target
 
 
 def read_summary(folder: str | os.PathLike) -> dict[str, Any]:
