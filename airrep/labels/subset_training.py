@@ -591,7 +591,8 @@ def cache_frozen_layers(
         ValueError: the settings train more than the top layers, the model keeps its decoder layers
             elsewhere than ``get_decoder().layers``, or its forward does not take the cached states as
             they are (checked on the first example in float32 against the whole model; an architecture
-            that rescales its embeddings, as Gemma's does, fails here).
+            that re-processes what enters its decoder, as OPT's does by adding position embeddings,
+            fails here).
     """
     if not settings.lora_rank or not settings.lora_layers:
         raise ValueError("caching the frozen layers needs LoRA adapters in the top layers only "
@@ -609,10 +610,9 @@ def cache_frozen_layers(
     states = _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16)
     table = torch.cat([*states, torch.zeros(1, states[0].shape[-1])])
 
-    top = copy.deepcopy(model).eval()
+    # The copy gets a pass-through in place of each frozen layer, which is therefore never copied.
+    top = copy.deepcopy(model, {id(layer): PassThrough() for layer in layers[:first]}).eval()
     top_decoder = top.get_decoder()
-    for index in range(first):
-        top_decoder.layers[index] = PassThrough()
     top_decoder.embed_tokens = torch.nn.Embedding.from_pretrained(table.to(next(model.parameters()).device))
     top.requires_grad_(False)  # only adapters train on it, so with_lora shares these weights, table included
 
