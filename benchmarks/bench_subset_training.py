@@ -165,13 +165,11 @@ def main() -> None:
         for name, together, overrides in variants:
             # As generate_labels does: eager attention where models are stacked (vmap has no batching rule
             # for the fused kernels), the model's own (sdpa) one at a time.
-            model.set_attn_implementation("eager" if together > 1 else default_attention)
             overrides = dict(overrides)
             cached = overrides.pop("cached", False)
             variant_settings = dataclasses.replace(settings, **overrides)
             lm, examples, scored, pad_id = inputs(variant_settings, cached)
-            if cached:
-                lm.set_attn_implementation("eager" if together > 1 else default_attention)
+            lm.set_attn_implementation("eager" if together > 1 else default_attention)
             start = time.perf_counter()
             losses[name] = np.concatenate(
                 [

@@ -17,11 +17,11 @@
 #            and the cost ratio of AirRep against LoGra and EK-FAC at this size
 #
 #   bash benchmarks/run_real_rung.sh labels
-#   bash benchmarks/run_real_rung.sh recipe
-#   MODELS="out/demo/model out/realtext/model-s120 out/real/model-smollm2" bash benchmarks/run_real_rung.sh validate
 #       (the finished labels are committed in benchmarks/real/labels-lds: `mkdir -p out/real && cp -r
 #       benchmarks/real/labels-lds out/real/` first, and this step only rebuilds the corpus and SmolLM2's
 #       folder, which the labels name relative to themselves, and finds the labels complete)
+#   bash benchmarks/run_real_rung.sh recipe
+#   MODELS="out/demo/model out/realtext/model-s120 out/real/model-smollm2" bash benchmarks/run_real_rung.sh validate
 #   MODELS="out/demo/model out/realtext/model-s120 out/real/model-smollm2" bash benchmarks/run_real_rung.sh eval
 #   BEST=<the checkpoint validation chose> bash benchmarks/run_real_rung.sh report
 #
