@@ -138,6 +138,18 @@ RELEASE_FIELDS = ("lr_schedule", "max_grad_norm", "prompt_template", "truncation
 LR_SCHEDULES = ("linear", "constant")
 
 
+def first_adapted_layer(model: torch.nn.Module, settings: SFTSettings) -> int:
+    """The index of the lowest decoder layer that gets adapters under ``settings.lora_layers`` (N > 0).
+
+    Raises:
+        ValueError: N is not between 1 and the model's number of layers.
+    """
+    total = model.config.num_hidden_layers
+    if not 0 < settings.lora_layers <= total:
+        raise ValueError(f"lora_layers must be in [1, {total}] (the model's layers), not {settings.lora_layers}")
+    return total - settings.lora_layers
+
+
 def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
     """A copy of ``model`` with LoRA adapters injected (``peft.inject_adapter_in_model``): the same class and
     forward, with only the adapters trainable. ``model`` itself is not changed."""
@@ -150,9 +162,8 @@ def with_lora(model: torch.nn.Module, settings: SFTSettings) -> torch.nn.Module:
     layers = {}
     if settings.lora_layers:
         total = model.config.num_hidden_layers
-        if not 0 < settings.lora_layers <= total:
-            raise ValueError(f"lora_layers must be in [1, {total}] (the model's layers), not {settings.lora_layers}")
-        layers = {"layers_to_transform": list(range(total - settings.lora_layers, total)), "layers_pattern": "layers"}
+        layers = {"layers_to_transform": list(range(first_adapted_layer(model, settings), total)),
+                  "layers_pattern": "layers"}  # fmt: skip
         if modules == "all-linear":  # peft takes layers_to_transform only with module names: spell them out
             head = model.get_output_embeddings()
             modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
@@ -603,9 +614,7 @@ def cache_frozen_layers(
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) != total:
         raise ValueError(f"{type(model).__name__} keeps no {total} decoder layers in get_decoder().layers; "
                          "its frozen layers cannot be cached")  # fmt: skip
-    if not 0 < settings.lora_layers <= total:
-        raise ValueError(f"lora_layers must be in [1, {total}] (the model's layers), not {settings.lora_layers}")
-    first = total - settings.lora_layers
+    first = first_adapted_layer(model, settings)
     examples = [*pool, *queries]
     states = _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16)
     table = torch.cat([*states, torch.zeros(1, states[0].shape[-1])])
