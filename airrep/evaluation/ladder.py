@@ -144,6 +144,8 @@ def markdown(report: dict[str, Any]) -> str:
     names = list(dict.fromkeys(n for data in report["rungs"].values() for n in data["methods"]))
     rungs = list(report["rungs"])
     lines += ["## Best pooling per method and rung (LDS x100)", "",
+              "The better of each method's two poolings on these test queries, the same choice for every "
+              "method: a summary, not a choice made on validation splits.", "",
               "| method | " + " | ".join(rungs) + " |", "|---|" + "---|" * len(rungs)]  # fmt: skip
     for name in names:
         cells = []

@@ -26,11 +26,12 @@ import contextlib
 import copy
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from torch.func import functional_call, vmap
 
@@ -554,11 +555,12 @@ class FrozenLayerCache:
 
 def _hidden_states_before(
     model: torch.nn.Module, layer: int, examples: Sequence[SFTExample], pad_id: int, batch_size: int, bf16: bool
-) -> list[torch.Tensor]:
-    """Each example's hidden states at the input of decoder layer ``layer``, ``(length, hidden)`` float32.
+) -> Iterator[torch.Tensor]:
+    """Yield each example's hidden states at the input of decoder layer ``layer``, ``(length, hidden)`` float32.
 
     Examples run in padded batches (right padding does not reach real tokens in a causal LM), and each
-    forward stops at ``layer``: the layers above it are never run.
+    forward stops at ``layer``: the layers above it are never run. A generator, so that the caller can
+    copy each into place without holding them all twice.
     """
     captured: list[torch.Tensor] = []
 
@@ -568,19 +570,26 @@ def _hidden_states_before(
 
     device = next(model.parameters()).device
     handle = model.get_decoder().layers[layer].register_forward_pre_hook(capture, with_kwargs=True)
-    states = []
     try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for begin in range(0, len(examples), batch_size):
-                batch = examples[begin : begin + batch_size]
-                ids, _ = collate(batch, pad_id)
-                with contextlib.suppress(_Captured):
-                    model.get_decoder()(input_ids=ids.to(device), use_cache=False)
-                hidden = captured.pop()
-                states.extend(hidden[row, : len(e.input_ids)].cpu() for row, e in enumerate(batch))
+        for begin in range(0, len(examples), batch_size):
+            batch = examples[begin : begin + batch_size]
+            ids, _ = collate(batch, pad_id)
+            with (
+                torch.no_grad(),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+                contextlib.suppress(_Captured),
+            ):
+                model.get_decoder()(input_ids=ids.to(device), use_cache=False)
+            hidden = captured.pop()
+            for row, example in enumerate(batch):
+                yield hidden[row, : len(example.input_ids)].cpu()
     finally:
         handle.remove()
-    return states
+
+
+def frozen_cache_bytes(model: torch.nn.Module, examples: Sequence[SFTExample]) -> int:
+    """Bytes of :func:`cache_frozen_layers`' table for ``examples``: 4 per hidden unit per token, plus a padding row."""
+    return (sum(len(e.input_ids) for e in examples) + 1) * model.get_input_embeddings().embedding_dim * 4
 
 
 def cache_frozen_layers(
@@ -589,6 +598,7 @@ def cache_frozen_layers(
     pool: Sequence[SFTExample],
     queries: Sequence[SFTExample],
     pad_id: int,
+    available_bytes: int | None = None,
 ) -> FrozenLayerCache:
     """Run the layers below the adapters once over ``pool`` and ``queries``, for every subset model to share.
 
@@ -596,14 +606,15 @@ def cache_frozen_layers(
     output for an example is the same in every subset model. This computes it once (under the settings'
     precision) and returns a copy of ``model`` that reads it from a table instead: training and scoring
     then run only the top N layers and the head. The table holds 4 bytes per hidden unit per token of
-    every example (``table_bytes``).
+    every example (:func:`frozen_cache_bytes`, ``table_bytes``); it is refused before any work when it
+    would not fit in ``available_bytes`` (default: the memory the system has available now).
 
     Raises:
-        ValueError: the settings train more than the top layers, the model keeps its decoder layers
-            elsewhere than ``get_decoder().layers``, or its forward does not take the cached states as
-            they are (checked on the first example in float32 against the whole model; an architecture
-            that re-processes what enters its decoder, as OPT's does by adding position embeddings,
-            fails here).
+        ValueError: the settings train more than the top layers, the table would not fit in memory,
+            the model keeps its decoder layers elsewhere than ``get_decoder().layers``, or its forward
+            does not take the cached states as they are (checked on the first example in float32
+            against the whole model; an architecture that re-processes what enters its decoder, as
+            OPT's does by adding position embeddings, fails here).
     """
     if not settings.lora_rank or not settings.lora_layers:
         raise ValueError("caching the frozen layers needs LoRA adapters in the top layers only "
@@ -616,8 +627,19 @@ def cache_frozen_layers(
                          "its frozen layers cannot be cached")  # fmt: skip
     first = first_adapted_layer(model, settings)
     examples = [*pool, *queries]
-    states = _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16)
-    table = torch.cat([*states, torch.zeros(1, states[0].shape[-1])])
+    needed = frozen_cache_bytes(model, examples)
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    if needed > available:
+        raise ValueError(f"the table of {len(examples):,} examples' hidden states needs {needed / 2**30:.1f} GiB "
+                         f"and {available / 2**30:.1f} GiB is available; train without caching the frozen "
+                         "layers, or on a smaller pool")  # fmt: skip
+    # Filled in place: a list of per-example states then concatenated would need twice the memory.
+    hidden = model.get_input_embeddings().embedding_dim
+    table = torch.zeros(needed // (4 * hidden), hidden)
+    offset = 0
+    for states in _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16):
+        table[offset : offset + len(states)] = states
+        offset += len(states)
 
     # The copy gets a pass-through in place of each frozen layer, which is therefore never copied.
     top = copy.deepcopy(model, {id(layer): PassThrough() for layer in layers[:first]}).eval()
@@ -628,7 +650,7 @@ def cache_frozen_layers(
     # The architecture check, in float32 so that rounding cannot hide a mismatch or fake one.
     probe = examples[0]
     ids = torch.tensor([probe.input_ids], device=table.device)
-    (probe_states,) = _hidden_states_before(model, first, [probe], pad_id, 1, bf16=False)
+    (probe_states,) = list(_hidden_states_before(model, first, [probe], pad_id, 1, bf16=False))
     with torch.no_grad():
         whole = model(input_ids=ids, use_cache=False).logits
         cached = top(inputs_embeds=probe_states[None].to(table.device), use_cache=False).logits

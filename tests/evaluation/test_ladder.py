@@ -178,6 +178,13 @@ def test_ladder_report_recomputes_every_lds_from_the_saved_scores(rungs, tmp_pat
         assert (tmp_path / "ladder" / f"frontier-{rung}.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (tmp_path / "ladder" / "ladder.md").read_text()
     assert "## Rung x10" in markdown and "| logra@32 |" in markdown and "noise ceiling sqrt(r)" in markdown
+    # The summary across rungs takes each method's better pooling on the test queries, and says so.
+    summary = markdown.split("## Best pooling per method and rung")[1]
+    assert "not a choice made on validation splits" in summary
+    poolings = report["rungs"]["x1"]["methods"]["tfidf"]["poolings"]
+    better = max(poolings, key=lambda p: poolings[p]["lds"])
+    row = next(line for line in summary.splitlines() if line.startswith("| tfidf |"))
+    assert row.split("|")[2].strip().endswith(f"({better})") and len(poolings) == 2
     on_disk = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
     assert on_disk["rungs"]["x10"]["parameters"] == report["rungs"]["x10"]["parameters"]
 

@@ -19,6 +19,7 @@ from airrep.labels.subset_training import (
     cache_frozen_layers,
     finetune,
     finetune_adapters,
+    frozen_cache_bytes,
     merged_parameters,
     train_and_score,
     with_lora,
@@ -220,6 +221,14 @@ def test_frozen_layers_are_cached_only_under_top_layer_adapters_and_a_forward_th
         cache_frozen_layers(model, dataclasses.replace(SETTINGS, lora_layers=0), pool, queries, pad_id)
     with pytest.raises(ValueError, match=r"lora_layers must be in \[1, 2\]"):
         cache_frozen_layers(model, dataclasses.replace(SETTINGS, lora_layers=3), pool, queries, pad_id)
+    # A table larger than the memory at hand is refused before any layer runs; one that just fits is built.
+    tokens = sum(len(e.input_ids) for e in [*pool, *queries])
+    needed = (tokens + 1) * model.config.hidden_size * 4
+    top = dataclasses.replace(SETTINGS, lora_layers=1)
+    assert frozen_cache_bytes(model, [*pool, *queries]) == needed
+    with pytest.raises(ValueError, match=rf"the table of {len(pool) + len(queries)} examples' hidden states needs"):
+        cache_frozen_layers(model, top, pool, queries, pad_id, available_bytes=needed - 1)
+    assert cache_frozen_layers(model, top, pool, queries, pad_id, available_bytes=needed).table_bytes == needed
     # OPT adds its learned position embeddings to whatever enters the decoder, cached states included:
     # refused, not trained on states that carry their positions twice.
     from transformers import OPTConfig, OPTForCausalLM
