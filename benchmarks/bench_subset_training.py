@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from airrep.labels import corpus as synthetic
 from airrep.labels import realtext
-from airrep.labels.subset_training import FrozenLayerCache, SFTSettings, cache_frozen_layers, train_and_score
+from airrep.labels.subset_training import CachedTargetLM, SFTSettings, cache_frozen_layers, train_and_score
 from airrep.labels.target_lm import (
     BUILTIN_PREFIX,
     convert_packaged_lm,
@@ -142,7 +142,7 @@ def main() -> None:
         variants = [v for v in variants if re.search(args.match, v[0])]
         if not variants:
             parser.error(f"--match {args.match!r} matches no variant")
-    caches: dict[tuple[int, bool], FrozenLayerCache] = {}
+    caches: dict[tuple[int, bool], CachedTargetLM] = {}
     cache_seconds: dict[str, float] = {}
 
     def inputs(variant_settings: SFTSettings, cached: bool) -> tuple:

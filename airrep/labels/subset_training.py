@@ -536,7 +536,7 @@ class _Captured(Exception):
 
 
 @dataclass
-class FrozenLayerCache:
+class CachedTargetLM:
     """A target LM that starts at its lowest adapted layer, and the examples re-indexed into its cache.
 
     ``model``'s token embedding is the table of cached hidden states (one row per token of every
@@ -599,7 +599,7 @@ def cache_frozen_layers(
     queries: Sequence[SFTExample],
     pad_id: int,
     available_bytes: int | None = None,
-) -> FrozenLayerCache:
+) -> CachedTargetLM:
     """Run the layers below the adapters once over ``pool`` and ``queries``, for every subset model to share.
 
     Under ``lora_layers`` N the bottom L - N decoder layers and the embedding never change, so their
@@ -664,5 +664,5 @@ def cache_frozen_layers(
         rows = list(range(offset, offset + len(example.input_ids)))
         surrogates.append(SFTExample(rows, list(example.labels)))
         offset += len(rows)
-    return FrozenLayerCache(top, surrogates[: len(pool)], surrogates[len(pool) :], offset, first,
+    return CachedTargetLM(top, surrogates[: len(pool)], surrogates[len(pool) :], offset, first,
                             table.numel() * table.element_size())  # fmt: skip
