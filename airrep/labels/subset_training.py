@@ -636,9 +636,12 @@ def cache_frozen_layers(
     # Filled in place: a list of per-example states then concatenated would need twice the memory.
     hidden = model.get_input_embeddings().embedding_dim
     table = torch.zeros(needed // (4 * hidden), hidden)
-    offset = 0
-    for states in _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16):
+    # Each example's surrogate "ids" are the table rows its states fill.
+    surrogates, offset = [], 0
+    computed = _hidden_states_before(model, first, examples, pad_id, settings.eval_batch_size, settings.bf16)
+    for example, states in zip(examples, computed, strict=True):
         table[offset : offset + len(states)] = states
+        surrogates.append(SFTExample(list(range(offset, offset + len(states))), list(example.labels)))
         offset += len(states)
 
     # The copy gets a pass-through in place of each frozen layer, which is therefore never copied.
@@ -659,10 +662,4 @@ def cache_frozen_layers(
         raise ValueError(f"{type(model).__name__} does not give the same logits from cached hidden states (relative "
                          f"difference {error:.2g}); train without caching the frozen layers")  # fmt: skip
 
-    surrogates, offset = [], 0
-    for example in examples:
-        rows = list(range(offset, offset + len(example.input_ids)))
-        surrogates.append(SFTExample(rows, list(example.labels)))
-        offset += len(rows)
-    return CachedTargetLM(top, surrogates[: len(pool)], surrogates[len(pool) :], offset, first,
-                            table.numel() * table.element_size())  # fmt: skip
+    return CachedTargetLM(top, surrogates[: len(pool)], surrogates[len(pool) :], offset, first, needed)
