@@ -344,8 +344,10 @@ def select_training_data(
     corpus = EMBEDDINGS.get((model_id, key), lambda: model.encode(texts, batch_size=32))
     code = sys.modules[type(model).__module__]  # the checkpoint's modeling_airrep
     if not hasattr(code, "select_examples"):
-        raise gr.Error(f"The code shipped with {model_id!r} predates data selection; save the checkpoint again "
-                       "with the current modeling_airrep.py (AirRepModel.from_pretrained(...).save_pretrained(...))")
+        raise gr.Error(
+            f"The code shipped with {model_id!r} predates data selection; save the checkpoint again "
+            "with the current modeling_airrep.py (AirRepModel.from_pretrained(...).save_pretrained(...))"
+        )
     candidates = code.distinct_rows(code.text_digests(texts))
     budget = int(budget or 0)
     try:

@@ -193,6 +193,7 @@ there is no noise ceiling.
 
 ```python
 from datasets import load_dataset
+
 labels = load_dataset("<this folder or repo id>", "labels", split="train")
 ```
 """

@@ -333,6 +333,7 @@ the mean token cross-entropy over the response tokens of `queries[queries[i]]` a
 
 ```python
 from datasets import load_dataset
+
 labels = load_dataset("<this folder or repo id>", "labels", split="train")
 pool = load_dataset("<this folder or repo id>", "pool", split="train")
 ```

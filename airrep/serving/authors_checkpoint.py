@@ -133,7 +133,10 @@ def convert_checkpoint(
     out = Path(output_dir)
     model.save_pretrained(out)
     card = out / "README.md"
-    write_text(card, card.read_text() + f"\nConverted from the AirRep authors' release layout (`{source}`) by "
-               f"`python -m airrep.convert model`: weights in {model.dtype}, tokenizer from `{tokenizer_source}`.\n")
+    write_text(
+        card,
+        card.read_text() + f"\nConverted from the AirRep authors' release layout (`{source}`) by "
+        f"`python -m airrep.convert model`: weights in {model.dtype}, tokenizer from `{tokenizer_source}`.\n",
+    )
     logger.info("wrote %s (%s weights, tokenizer from %s)", out, model.dtype, tokenizer_source)
     return out

@@ -412,6 +412,7 @@ selected for {summary["n_targets"]} target examples (`{a["targets"]}`, fingerpri
 
 ```python
 from datasets import load_dataset
+
 selection = load_dataset("<this folder or repo id>", split="train")
 ```
 """,

@@ -204,8 +204,10 @@ def train_airrep(
     if not 0 < preset.backward_fraction <= 1:
         raise UsageError(f"--backward_fraction must be in (0, 1], got {preset.backward_fraction}")
     if preset.backward_fraction < 1 and (preset.dropout != 0 or not preset.mini_batch_size):
-        raise UsageError("--backward_fraction below 1 re-embeds a sample of GradCache's texts: it needs --dropout 0 "
-                         f"and a --mini_batch_size (got dropout {preset.dropout}, mini-batch {preset.mini_batch_size})")
+        raise UsageError(
+            "--backward_fraction below 1 re-embeds a sample of GradCache's texts: it needs --dropout 0 "
+            f"and a --mini_batch_size (got dropout {preset.dropout}, mini-batch {preset.mini_batch_size})"
+        )
     if preset.backward_fraction < 1 and training_args.world_size > 1:
         # Each process would take its own number of mini-batches, and DDP needs the same count everywhere.
         raise UsageError("--backward_fraction below 1 trains in one process only; run without torchrun")
@@ -258,8 +260,12 @@ def train_airrep(
         cache = freeze_lower_layers(model, data, preset.frozen_layers)
         logger.info("Cached the output of the %d frozen layer(s) for %d texts", preset.frozen_layers,
                     len(cache.states))  # fmt: skip
-    loss = AirRepRankingLoss(model, weighting=preset.weighting, mini_batch_size=preset.mini_batch_size or None,
-                             backward_fraction=preset.backward_fraction)
+    loss = AirRepRankingLoss(
+        model,
+        weighting=preset.weighting,
+        mini_batch_size=preset.mini_batch_size or None,
+        backward_fraction=preset.backward_fraction,
+    )
     evaluator = LDSEvaluator(data, held_out)
     trainer = AirRepTrainer(
         model=model,

@@ -1,7 +1,6 @@
 """LDS: per_query_spearman against scipy.stats.spearmanr, a hand-computed example, the bootstrap
 interval, the noise ceiling, and the evaluate metric module against the plain function."""
 
-
 import numpy as np
 import pytest
 from helpers import REPO

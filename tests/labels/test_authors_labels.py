@@ -141,8 +141,11 @@ def training(tmp_path_factory):
             index.append(pair)
             if (split, k) != (2, 4):  # a pair whose SFT never ran
                 loss = rng.uniform(0.5, 3.0, 6).tolist()
-                (losses / f"loss-{pair['id']}.json").write_text(json.dumps(
-                    {"pair_id": pair["id"], "dev_id": split, "losses": loss, "mean_loss": float(np.mean(loss))}))
+                (losses / f"loss-{pair['id']}.json").write_text(
+                    json.dumps(
+                        {"pair_id": pair["id"], "dev_id": split, "losses": loss, "mean_loss": float(np.mean(loss))}
+                    )
+                )
     write_jsonl(work / "train_index.jsonl", index)
     return work, data, losses, index
 

@@ -82,7 +82,7 @@ def test_a_converted_checkpoint_loads_everywhere_with_the_authors_embeddings(tmp
     assert {"modeling_airrep.py", "configuration_airrep.py", "modules.json", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "hub").iterdir()
     }
-    assert "base_model: \"thenlper/gte-small\"" in (tmp_path / "hub" / "README.md").read_text()
+    assert 'base_model: "thenlper/gte-small"' in (tmp_path / "hub" / "README.md").read_text()
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "mods")}

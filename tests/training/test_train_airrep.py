@@ -28,8 +28,6 @@ def main(argv: list[str]) -> Path:
     return train_airrep(*parse_arguments(argv))
 
 
-
-
 @pytest.fixture(scope="module")
 def labels(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train") / "labels-train"
