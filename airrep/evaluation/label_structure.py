@@ -69,6 +69,9 @@ def _matched(split: Split, pool_values: np.ndarray, query_values: np.ndarray) ->
 
 
 def _summary(per_query: np.ndarray, n_resamples: int) -> dict[str, Any]:
+    # A group can be empty (on real text no test response occurs in the pool); JSON has no NaN.
+    if per_query.size == 0:
+        return {"lds": None, "ci": None, "n": 0}
     return {"lds": float(per_query.mean()), "ci": list(bootstrap_ci(per_query, n_resamples)), "n": int(per_query.size)}
 
 

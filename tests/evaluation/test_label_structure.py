@@ -2,13 +2,15 @@
 report, each against an independent computation, and its errors."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from datasets import load_dataset
 from scipy.stats import spearmanr
 
-from airrep.evaluation.label_structure import analyse, main
+from airrep.evaluation.label_structure import analyse, main, markdown
+from airrep.evaluation.report import format_lds
 from airrep.labels.dataset import LabelsFormatError
 
 
@@ -66,6 +68,21 @@ def test_report_is_split_by_whether_the_query_value_is_in_the_pool(labels, repor
     assert entry["unmatched"]["lds"] == pytest.approx(per_query[~matched].mean(), abs=1e-12)
     assert entry["all"]["lds"] == pytest.approx(per_query.mean(), abs=1e-12)
     assert set(result["methods"]) >= {"airrep", "bm25", "tfidf"}
+
+
+def test_an_empty_group_has_no_lds_rather_than_nan(labels, report):
+    # No query's id is a pool id, so every query is unmatched: the matched group is empty.
+    folder, _ = report
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns on the mean of an empty slice
+        result = analyse(str(labels / "labels-lds"), ["id"], report=str(folder), by="id", n_resamples=50)
+    assert result["oracles"]["id"]["queries_with_match"] == 0 and result["oracles"]["id"]["lds_on_matched"] is None
+    entry = result["methods"]["tfidf"]["sum"]
+    assert entry["matched"] == {"lds": None, "ci": None, "n": 0}
+    assert entry["unmatched"]["n"] == entry["all"]["n"] and entry["unmatched"]["lds"] == entry["all"]["lds"]
+    json.dumps(result, allow_nan=False)
+    table = markdown(result)
+    assert "| matched (0) |" in table and f"| tfidf | sum | {format_lds(entry['all'])} | — |" in table
 
 
 def test_bad_input_gets_a_clear_error(labels, report, tmp_path):
