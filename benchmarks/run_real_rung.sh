@@ -44,8 +44,10 @@
 #   EKFAC_MEMORY_GIB     memory for EK-FAC's query gradients (default 12)
 #   COLUMNS              metadata columns for the label structure (default "task source category targets")
 #   RUNG, COST_ARGS      the rung's name in the ladder report (default smollm2-135m) and the flags of
-#                        bench_featurization_cost.py (default "--rungs smollm2-135m --ekfac"); a saved
-#                        cost JSON is reused unless REDO_COST=1
+#                        bench_featurization_cost.py (default "--rungs smollm2-135m --ekfac --skip_grad_dot":
+#                        the ratios asked for are against LoGra and EK-FAC, and per-example gradients at
+#                        this size take longer than both together; the eval step's report times them); a
+#                        saved cost JSON is reused unless REDO_COST=1
 set -euo pipefail
 
 OUT=${OUT:-out/real}
@@ -59,7 +61,7 @@ read -r -a models <<<"${MODELS:-}"
 read -r -a label_args <<<"${LABEL_ARGS:-}"
 read -r -a train_label_args <<<"${TRAIN_LABEL_ARGS---cache_frozen_layers}"
 read -r -a train_args <<<"${TRAIN_ARGS:-}"
-read -r -a cost_args <<<"${COST_ARGS:---rungs smollm2-135m --ekfac}"
+read -r -a cost_args <<<"${COST_ARGS:---rungs smollm2-135m --ekfac --skip_grad_dot}"
 read -r -a columns <<<"${COLUMNS:-task source category targets}"
 labels=$OUT/labels-lds
 

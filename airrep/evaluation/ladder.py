@@ -185,36 +185,72 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def frontier_plot(rung: str, data: dict[str, Any], path: str | os.PathLike) -> None:
-    """LDS (with intervals) against featurization seconds and against bytes per example, with sqrt(r)."""
+    """LDS (with intervals) against featurization seconds and against bytes per example, with sqrt(r).
+
+    One colour per method family (a gradient method's projection sizes share it, joined by a line per
+    pooling, cheapest first) and one label per family, at its best point: a rung holds two dozen
+    entries, and a colour and label for each would repeat colours and overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    colors = plt.get_cmap("tab20")
+    families: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in data["methods"].items():
+        families.setdefault(name.partition("@")[0], []).append(entry)
+    # tab10's ten, then tab20's lighter shades; AirRep in black so that it stands out among the baselines
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20")(i) for i in range(1, 20, 2)]
+    others = iter(palette * (1 + len(families) // len(palette)))
+    colors = {family: "black" if family == "airrep" else next(others) for family in families}
     markers = {"sum": "o", "attention": "^"}
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for axis, cost, xlabel in (
         (axes[0], "featurize_seconds_per_example", "featurization seconds per example (log)"),
         (axes[1], "bytes_per_example", "bytes stored per example (log)"),
     ):
-        for index, (name, entry) in enumerate(data["methods"].items()):
-            for pooling, point in entry["poolings"].items():
-                if math.isnan(point["lds"]):
+        for family, entries in families.items():
+            color = colors[family]
+            emphasis = {"markersize": 9, "linewidth": 2} if family == "airrep" else {"markersize": 6, "linewidth": 1}
+            best: tuple[float, float] | None = None
+            for pooling in GROUP_POOLINGS:
+                points = sorted(
+                    (
+                        entry["poolings"][pooling]
+                        for entry in entries
+                        if pooling in entry["poolings"] and not math.isnan(entry["poolings"][pooling]["lds"])
+                    ),
+                    key=lambda point: point[cost],
+                )
+                if not points:
                     continue
-                y, (low, high) = 100 * point["lds"], point["ci"]
-                axis.errorbar(point[cost], y, yerr=[[y - 100 * low], [100 * high - y]], fmt=markers.get(pooling, "s"),
-                              color=colors(index % 20), capsize=2, markersize=6,
-                              label=name if pooling == GROUP_POOLINGS[0] else None)  # fmt: skip
-                axis.annotate(name, (point[cost], y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                xs = [point[cost] for point in points]
+                ys = [100 * point["lds"] for point in points]
+                below = [y - 100 * point["ci"][0] for y, point in zip(ys, points, strict=True)]
+                above = [100 * point["ci"][1] - y for y, point in zip(ys, points, strict=True)]
+                label = family if pooling == GROUP_POOLINGS[0] else None
+                axis.errorbar(
+                    xs, ys, yerr=[below, above], fmt=markers.get(pooling, "s") + "-", color=color, capsize=2,
+                    alpha=0.9, label=label, **emphasis,
+                )  # fmt: skip
+                top = max(zip(ys, xs, strict=True))
+                best = top if best is None or top > best else best
+            if best is not None:
+                weight = "bold" if family == "airrep" else "normal"
+                axis.annotate(
+                    family, (best[1], best[0]), fontsize=7, color=color, xytext=(4, 4), textcoords="offset points",
+                    fontweight=weight,
+                )  # fmt: skip
         ceiling = (data.get("noise_ceiling") or {}).get("sqrt_r")
         if ceiling is not None:
             axis.axhline(100 * ceiling, color="black", linestyle="--", linewidth=1, label="noise ceiling sqrt(r)")
         axis.axhline(0, color="grey", linewidth=0.6)
         axis.set_xscale("log")
+        axis.margins(x=0.12)  # room for the labels of the costliest points
         axis.set_xlabel(xlabel)
     axes[0].set_ylabel("LDS x100 (o sum, ^ attention pooling)")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axes[1].legend(
+        fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title="method (sizes joined)", title_fontsize=7
+    )
     figure.suptitle(f"Rung {rung}: target LM with {data['parameters']:,} parameters")
     figure.tight_layout()
     save_figure(figure, path)
