@@ -46,7 +46,7 @@
 #   RUNG, COST_ARGS      the rung's name in the ladder report (default smollm2-135m) and the flags of
 #                        bench_featurization_cost.py (default "--rungs smollm2-135m --ekfac --skip_grad_dot":
 #                        the ratios asked for are against LoGra and EK-FAC, and per-example gradients at
-#                        this size take longer than both together; the eval step's report times them); a
+#                        this size take about as long as both together; the eval step's report times them); a
 #                        saved cost JSON is reused unless REDO_COST=1
 set -euo pipefail
 
