@@ -200,7 +200,7 @@ def frontier_plot(rung: str, data: dict[str, Any], path: str | os.PathLike) -> N
         families.setdefault(name.partition("@")[0], []).append(entry)
     # tab10's ten, then tab20's lighter shades; AirRep in black so that it stands out among the baselines
     palette = [plt.get_cmap("tab10")(i) for i in range(10)] + [plt.get_cmap("tab20")(i) for i in range(1, 20, 2)]
-    others = iter(palette * (1 + len(families) // len(palette)))
+    others = itertools.cycle(palette)
     colors = {family: "black" if family == "airrep" else next(others) for family in families}
     markers = {"sum": "o", "attention": "^"}
     figure, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
